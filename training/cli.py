@@ -1,0 +1,78 @@
+"""The ``medvqa`` command line (DESIGN.md §3).
+
+Each command lives in its own module, which exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Command modules import heavy libraries (torch, transformers) inside ``run`` so that ``medvqa score`` or
+``medvqa data convert`` start fast.  User errors (:class:`MedVQAUserError`) become exit status 2 and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from training.errors import MedVQAUserError
+
+# name -> (module, help). "data" has its own sub-commands, see _DATA_COMMANDS.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("training.init_checkpoint", "assemble the initial checkpoint from BiomedCLIP + Llama-3"),
+    "train": ("training.train.cli", "run the training stages of a recipe"),
+    "eval": ("training.evaluation.evaluate", "generate answers for a JSONL file and score them"),
+    "score": ("training.evaluation.score_cli", "score an existing predictions file (no model)"),
+    "ask": ("training.ask", "answer questions about one image"),
+    "card": ("hub_card.card", "write the model card DIR/README.md"),
+    "push": ("hub_card.push", "upload a model folder to the Hugging Face Hub"),
+    "plan": ("training.train.planner", "predict per-GPU memory of a training run"),
+    "demo": ("training.demo", "the whole chain on the bundled samples with the tiny recipe"),
+}
+_DATA_COMMANDS: dict[str, tuple[str, str]] = {
+    "samples": ("training.data.samples", "build the bundled sample set from images inside installed packages"),
+    "convert": ("training.data.convert", "OmniMedVQA release -> open-ended records with image-level splits"),
+    "import": ("training.data.importers", "VQA-RAD / SLAKE / PathVQA / PMC-VQA -> the record schema"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a wrong option as one line and exit status 2 (argparse's own status)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add(subparsers: argparse._SubParsersAction, name: str, module: str, help_: str) -> None:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:  # a command whose module is not written yet stays out of the CLI
+        if exc.name and module.startswith(exc.name):
+            return
+        raise
+    parser = subparsers.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip().splitlines()[0])
+    mod.add_arguments(parser)
+    parser.set_defaults(_run=mod.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="medvqa", description="medvqa-lite: a lightweight medical VQA model, the Hugging Face way")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    data = sub.add_parser("data", help="build, convert and import datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    for name, (module, help_) in _DATA_COMMANDS.items():
+        _add(data_sub, name, module, help_)
+    for name, (module, help_) in _COMMANDS.items():
+        _add(sub, name, module, help_)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medvqa`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except MedVQAUserError as exc:
+        print(f"medvqa {args.command}: error: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

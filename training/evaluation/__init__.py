@@ -1,0 +1,1 @@
+"""medvqa-lite evaluation."""
