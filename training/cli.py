@@ -27,7 +27,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo", "the whole chain on the bundled samples with the tiny recipe"),
 }
 _DATA_COMMANDS: dict[str, tuple[str, str]] = {
-    "samples": ("training.data.samples", "build the bundled sample set from images inside installed packages"),
+    "samples": (
+        "training.data.samples",
+        "build the bundled sample set from images inside installed packages",
+    ),
     "convert": ("training.data.convert", "OmniMedVQA release -> open-ended records with image-level splits"),
     "import": ("training.data.importers", "VQA-RAD / SLAKE / PathVQA / PMC-VQA -> the record schema"),
 }
@@ -47,13 +50,17 @@ def _add(subparsers: argparse._SubParsersAction, name: str, module: str, help_: 
         if exc.name and module.startswith(exc.name):
             return
         raise
-    parser = subparsers.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip().splitlines()[0])
+    parser = subparsers.add_parser(
+        name, help=help_, description=(mod.__doc__ or help_).strip().splitlines()[0]
+    )
     mod.add_arguments(parser)
     parser.set_defaults(_run=mod.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="medvqa", description="medvqa-lite: a lightweight medical VQA model, the Hugging Face way")
+    parser = _Parser(
+        prog="medvqa", description="medvqa-lite: a lightweight medical VQA model, the Hugging Face way"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     data = sub.add_parser("data", help="build, convert and import datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)

@@ -1,0 +1,193 @@
+"""MedVQA processor: BiomedCLIP image preprocessing + Llama-3 tokenizer + Llama-3 chat template with images.
+
+The standard path::
+
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+
+``apply_chat_template`` renders ``{"type": "image"}`` blocks as one ``<|image|>`` placeholder; ``__call__`` expands
+each placeholder into ``image_seq_length`` image tokens (196 for ViT-B/16 at 224 px).
+
+User text can never create control tokens: before rendering, control tokens inside message strings (``<|eot_id|>``,
+``<|image|>``, ...) are wrapped in transformers' private markers (``mark_control_tokens``), and ``__call__`` then
+encodes them as plain text, so they neither end a turn nor open an image slot.  The tokenizer pads on the left,
+as batched generation needs.  This file travels to the Hub as remote code (torch/transformers only).
+"""
+
+from __future__ import annotations
+
+from transformers import ProcessorMixin
+from transformers.utils import chat_template_utils
+
+_MARK_START = getattr(chat_template_utils, "_CONTROL_TOKEN_START", None)
+
+# Llama-3-Instruct's template, extended with content blocks and `{% generation %}` around assistant text so that
+# `return_assistant_tokens_mask=True` marks exactly the tokens a model should learn to produce.
+LLAMA3_IMAGE_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{%- set text = message['content'] | trim -%}"
+    "{%- else -%}"
+    "{%- set parts = namespace(items=[]) -%}"
+    "{%- for block in message['content'] -%}"
+    "{%- if block['type'] == 'image' -%}{%- set parts.items = parts.items + ['<|image|>'] -%}"
+    "{%- elif block['type'] == 'text' -%}{%- set parts.items = parts.items + [block['text'] | trim] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set text = parts.items | join('\\n') -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{- text + '<|eot_id|>' -}}{% endgeneration %}"
+    "{%- else -%}"
+    "{{- text + '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+
+
+class MedVQAProcessor(ProcessorMixin):
+    """Image processor (resize shortest side bicubic, centre crop, normalize) + Llama-3 tokenizer.
+
+    Args:
+        image_processor: a CLIP-style image processor configured with BiomedCLIP's preprocessing.
+        tokenizer: the Llama-3 tokenizer with ``<|image|>`` added (``medvqa init`` adds it).
+        chat_template: defaults to :data:`LLAMA3_IMAGE_CHAT_TEMPLATE`.
+        image_token: the placeholder string, one per image in the prompt.
+        image_seq_length: image tokens per image (patch tokens, CLS dropped).
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        image_token: str = "<|image|>",
+        image_seq_length: int = 196,
+        **kwargs,
+    ) -> None:
+        self.image_token = image_token
+        self.image_seq_length = image_seq_length
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {image_token!r} token; `medvqa init` adds it")
+        super().__init__(
+            image_processor, tokenizer, chat_template=chat_template or LLAMA3_IMAGE_CHAT_TEMPLATE
+        )
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.image_seq_length
+
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs) -> None:
+        """As transformers', but the error names both counts and control tokens marked as user text don't count."""
+        if text is not None and images is not None and self.image_token is not None:
+            from transformers.image_utils import make_flat_list_of_images
+
+            texts = [text] if isinstance(text, str) else list(text)
+            n_placeholders = sum(_count_unmarked(t, self.image_token) for t in texts)
+            n_images = len(make_flat_list_of_images(images))
+            if n_placeholders != n_images:
+                raise ValueError(
+                    f"The prompts hold {n_placeholders} image placeholder(s) ({self.image_token}) but "
+                    f"{n_images} image(s) were passed; each image needs exactly one placeholder"
+                )
+        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def __call__(self, images=None, text=None, **kwargs):
+        """Tokenize prompts (placeholders expanded) and preprocess images; see ``ProcessorMixin.__call__``."""
+        if images is not None:
+            images = _images_to_8bit(images)
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if _MARK_START is not None and any(_MARK_START in t for t in texts):
+                # Strings rendered by our apply_chat_template carry marked user control tokens: encode them as text.
+                kwargs.setdefault("sanitize_control_tokens", True)
+            bos = self.tokenizer.bos_token
+            if bos is not None and texts and all(t.startswith(bos) for t in texts):
+                kwargs.setdefault(
+                    "add_special_tokens", False
+                )  # the chat template wrote <|begin_of_text|> already
+        return super().__call__(images=images, text=text, **kwargs)
+
+    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+        """Render messages with content blocks; control tokens in user strings are marked so they stay plain text."""
+        if kwargs.get("tokenize"):
+            if not kwargs.get("return_assistant_tokens_mask"):
+                kwargs.setdefault("sanitize_control_tokens", True)
+            return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+        conversation = self._mark_user_control_tokens(conversation, chat_template)
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
+    def _mark_user_control_tokens(self, conversation, chat_template: str | None):
+        mark = getattr(chat_template_utils, "mark_control_tokens", None)
+        patterns = getattr(chat_template_utils, "_get_control_token_patterns", None)
+        template = chat_template or self.chat_template
+        if isinstance(template, dict):
+            template = template.get("default", next(iter(template.values())))
+        tokens = tuple(self.tokenizer._get_control_tokens(template)) if mark is not None else ()
+        if mark is None or patterns is None:
+            # An older transformers without the marking machinery: refuse rather than let user text forge tokens.
+            specials = [t for t in self.tokenizer.all_special_tokens + [self.image_token] if t]
+            for text in _iter_strings(conversation):
+                found = [t for t in specials if t in text]
+                if found:
+                    raise ValueError(f"Message text contains the control token(s) {found}; remove them")
+            return conversation
+        control_re, _ = patterns(tokens)
+        return mark(conversation, control_re)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+def _to_8bit(image):
+    """High-bit-depth images (PIL modes I;16/I/F, numpy uint16/int32/float) -> 8-bit, full range kept.
+
+    PIL's own ``convert("RGB")`` clips 16-bit values at 255, which turns most 12/16-bit scans white. We stretch the
+    image's min..max to 0..255 instead (medvqa's loader applies proper DICOM/NIfTI windows before this point).
+    """
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return image
+        array = np.asarray(image)
+    elif isinstance(image, np.ndarray) and image.dtype != np.uint8:
+        array = image
+    else:
+        return image
+    array = array.astype(np.float32)
+    low, high = float(array.min()), float(array.max())
+    scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+    return Image.fromarray(scaled.round().astype(np.uint8))
+
+
+def _images_to_8bit(images):
+    if isinstance(images, (list, tuple)):
+        return [_images_to_8bit(image) for image in images]
+    return _to_8bit(images)
+
+
+def _count_unmarked(text: str, token: str) -> int:
+    """Occurrences of ``token`` in ``text`` that are not user text marked by ``mark_control_tokens``."""
+    if _MARK_START is None:
+        return text.count(token)
+    return text.count(token) - text.count(_MARK_START + token)
+
+
+def _iter_strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _iter_strings(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _iter_strings(value)
+
+
+__all__ = ["MedVQAProcessor", "LLAMA3_IMAGE_CHAT_TEMPLATE"]

@@ -1,0 +1,248 @@
+"""``medvqa init``: assemble the initial MedVQA checkpoint from a BiomedCLIP open_clip model and a Llama-3 model.
+
+- vision: ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` or ``local-dir:/path`` (or a plain
+  folder in open_clip's Hub layout). The open_clip vision trunk (a timm ViT) moves into the MedVQA vision tower
+  weight for weight; blocks after ``vision_feature_layer`` are dropped.
+- text: a Llama-3 Hub id or folder (weights + tokenizer). The decoder and LM head move in unchanged.
+- the projector is freshly initialised; ``<|image|>`` is added to the tokenizer (not to the LM's vocabulary: the
+  model never looks it up and never predicts it, so the embedding table and LM head keep Llama-3's shapes).
+
+The output is a Hub-loadable folder: weights (safetensors), config with ``auto_map``, remote code, processor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from training.errors import MedVQAUserError
+
+IMAGE_TOKEN = "<|image|>"
+# Pad with a token that is never a target: Llama-3.1's right-pad token, else a reserved one (Llama-3.0).
+_PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|reserved_special_token_0|>")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vision", required=True, help="open_clip id: hf-hub:ORG/NAME or local-dir:PATH (BiomedCLIP)"
+    )
+    parser.add_argument("--text", required=True, help="Llama-3 Hub id or folder (weights + tokenizer)")
+    parser.add_argument("--out", required=True, type=Path, help="output model folder")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--vision-feature-layer", type=int, default=-2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's initialisation")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = assemble_checkpoint(
+        args.vision,
+        args.text,
+        args.out,
+        dtype=args.dtype,
+        seed=args.seed,
+        vision_feature_layer=args.vision_feature_layer,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def normalize_open_clip_id(vision: str) -> str:
+    """Accept ``hf-hub:``/``local-dir:`` ids and plain folders (as ``local-dir:``)."""
+    if vision.startswith(("hf-hub:", "local-dir:")):
+        if (
+            vision.startswith("local-dir:")
+            and not (Path(vision[len("local-dir:") :]) / "open_clip_config.json").is_file()
+        ):
+            raise MedVQAUserError(
+                vision, "no open_clip_config.json in that folder (an open_clip Hub-layout folder)"
+            )
+        return vision
+    if Path(vision).is_dir():
+        if not (Path(vision) / "open_clip_config.json").is_file():
+            raise MedVQAUserError(
+                vision, "no open_clip_config.json in that folder (an open_clip Hub-layout folder)"
+            )
+        return f"local-dir:{vision}"
+    raise MedVQAUserError(
+        vision, "not an open_clip id (hf-hub:ORG/NAME or local-dir:PATH) nor an existing folder"
+    )
+
+
+def load_open_clip(vision: str):
+    """Load an open_clip model (with its text tower) by ``hf-hub:``/``local-dir:`` id; returns (model, model_cfg)."""
+    import open_clip
+
+    vision = normalize_open_clip_id(vision)
+    model = open_clip.create_model(vision, pretrained=None)
+    model_cfg = open_clip.get_model_config(vision)
+    return model, model_cfg
+
+
+def vision_config_from_open_clip(clip_model, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The MedVQA vision config that reproduces an open_clip timm trunk and its preprocessing."""
+    vision_cfg = model_cfg.get("vision_cfg", {})
+    if "timm_model_name" not in vision_cfg:
+        raise MedVQAUserError(
+            "--vision", "the open_clip model's vision tower is not a timm trunk (BiomedCLIP's is)"
+        )
+    trunk = clip_model.visual.trunk
+    image_size = vision_cfg.get("image_size", 224)
+    image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
+    return {
+        "timm_model_name": vision_cfg["timm_model_name"],
+        "image_size": int(image_size),
+        "patch_size": int(trunk.patch_embed.patch_size[0]),
+        "hidden_size": int(trunk.embed_dim),
+        "num_hidden_layers": len(trunk.blocks),
+        "image_mean": [float(x) for x in clip_model.visual.image_mean],
+        "image_std": [float(x) for x in clip_model.visual.image_std],
+    }
+
+
+def copy_trunk_into_tower(trunk_state: dict[str, Any], tower) -> None:
+    """Load an open_clip/timm trunk state dict into a :class:`MedVQAVisionTower` (extra blocks/norm dropped).
+
+    Used by ``init`` and by the ``clip`` training stage, which puts its fine-tuned trunk back into the model.
+    """
+    wanted = tower.trunk.state_dict().keys()
+    kept = {k: v for k, v in trunk_state.items() if k in wanted}
+    dropped = sorted(set(trunk_state) - set(kept))
+    n_blocks = len(tower.trunk.blocks)
+    unexpected = [
+        k
+        for k in dropped
+        if not (k.startswith("norm.") or (k.startswith("blocks.") and int(k.split(".")[1]) >= n_blocks))
+    ]
+    missing = sorted(set(wanted) - set(kept))
+    if unexpected or missing:
+        raise ValueError(
+            f"vision trunk weights do not fit the tower: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    tower.trunk.load_state_dict(kept, strict=True)
+
+
+def build_image_processor(vision_config: dict[str, Any]):
+    """BiomedCLIP's preprocessing as a transformers image processor: shortest side bicubic, centre crop, normalize."""
+    from transformers import CLIPImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    size = vision_config["image_size"]
+    return CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": size},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=vision_config["image_mean"],
+        image_std=vision_config["image_std"],
+        do_convert_rgb=True,
+    )
+
+
+def prepare_tokenizer(tokenizer):
+    """Add ``<|image|>``, choose a pad token that is never a target, pad on the left for batched generation."""
+    from modeling_medvqa.processing_medvqa import LLAMA3_IMAGE_CHAT_TEMPLATE
+
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False
+    )
+    if tokenizer.pad_token is None:
+        vocab = tokenizer.get_vocab()
+        pad = next((t for t in _PAD_CANDIDATES if t in vocab), None)
+        if pad is None:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        else:
+            tokenizer.pad_token = pad
+    tokenizer.padding_side = "left"
+    tokenizer.init_kwargs["padding_side"] = "left"  # saved with the tokenizer, so a reload pads left too
+    tokenizer.chat_template = LLAMA3_IMAGE_CHAT_TEMPLATE  # one template for tokenizer and processor
+    return tokenizer
+
+
+def assemble_checkpoint(
+    vision: str,
+    text: str,
+    out_dir: str | Path,
+    *,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+    vision_feature_layer: int = -2,
+) -> Path:
+    """Build the MedVQA checkpoint from BiomedCLIP (open_clip id) + Llama-3 (id or folder) and save it to ``out_dir``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    import modeling_medvqa
+    from modeling_medvqa import MedVQAConfig, MedVQAForConditionalGeneration, MedVQAProcessor
+    from modeling_medvqa.modeling_medvqa import MedVQAMultiModalProjector, MedVQAVisionTower
+
+    torch_dtype = getattr(torch, dtype)
+    out_dir = Path(out_dir)
+    if Path(text).exists() and not (Path(text) / "config.json").is_file():
+        raise MedVQAUserError(text, "no config.json in that folder (a transformers Llama checkpoint)")
+
+    clip_model, clip_cfg = load_open_clip(vision)
+    vision_config = vision_config_from_open_clip(clip_model, clip_cfg)
+    text_config = AutoConfig.from_pretrained(text)
+    if text_config.model_type != "llama":
+        raise MedVQAUserError(text, f"model_type is {text_config.model_type!r}, expected a Llama checkpoint")
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text))
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_token_id < text_config.vocab_size:
+        raise ValueError(
+            f"{IMAGE_TOKEN} got id {image_token_id}, inside the LM vocabulary; expected it after it"
+        )
+
+    config = MedVQAConfig(
+        vision_config=vision_config,
+        text_config=text_config.to_dict(),
+        vision_feature_layer=vision_feature_layer,
+        image_token_id=image_token_id,
+    )
+    config.base_models = {"vision": vision.removeprefix("hf-hub:"), "text": str(text)}
+
+    # Build the shell on the meta device and move the real modules in: no 8B random initialisation, no copy.
+    with torch.device("meta"):
+        model = MedVQAForConditionalGeneration(config)
+    language = AutoModelForCausalLM.from_pretrained(text, dtype=torch_dtype)
+    model.model.language_model = language.model
+    model.lm_head = language.lm_head
+    torch.manual_seed(seed)
+    tower = MedVQAVisionTower(config.vision_config, config.num_vision_blocks_used)
+    copy_trunk_into_tower(clip_model.visual.trunk.state_dict(), tower)
+    model.model.vision_tower = tower.to(torch_dtype)
+    projector = MedVQAMultiModalProjector(config)
+    projector.apply(model._init_weights)
+    model.model.multi_modal_projector = projector.to(torch_dtype)
+    model.config.dtype = torch_dtype
+    meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise RuntimeError(f"parameters left uninitialised: {meta[:5]}")
+
+    generation = GenerationConfig.from_model_config(text_config)
+    if language.generation_config is not None:
+        generation.eos_token_id = language.generation_config.eos_token_id or generation.eos_token_id
+    # Short factual answers: greedy decoding by default (Llama-3-Instruct's sampling defaults suit chat, not VQA).
+    generation.do_sample = False
+    generation.temperature = None
+    generation.top_p = None
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.max_new_tokens = 32
+    model.generation_config = generation
+
+    image_processor = build_image_processor(vision_config)
+    processor = MedVQAProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=config.image_seq_length
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    del modeling_medvqa  # imported for its Auto registrations
+    (out_dir / "medvqa_init.json").write_text(
+        json.dumps({"vision": vision, "text": str(text), "dtype": dtype, "seed": seed}, indent=2) + "\n"
+    )
+    return out_dir

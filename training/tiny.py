@@ -1,0 +1,166 @@
+"""The ``tiny`` preset: small local stand-ins for BiomedCLIP and Llama-3 that build offline in seconds on a CPU.
+
+They have the real structure, so they exercise the real loading code:
+- a BiomedCLIP-like open_clip model (timm ``test_vit`` trunk, 160 px, 100 patch tokens, with open_clip's built-in
+  text tower instead of PubMedBERT) saved as a ``local-dir:`` folder, exactly as open_clip saves Hub models;
+- a 2-layer Llama saved with ``save_pretrained``;
+- a byte-level BPE tokenizer trained locally, with Llama-3's special tokens in Llama-3's order and its chat template.
+
+``save_tiny_model`` runs ``medvqa init`` on them, so its output is what a user gets from the real ``init``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Llama-3's special tokens in their order after the regular vocabulary (ids 128000.. in the real tokenizer).
+LLAMA3_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+]
+
+# Words the tiny tokenizer should keep whole: question templates and answers of medical VQA.
+_CORPUS = """
+What imaging modality is used in this image? Which modality was used to acquire this image?
+Is this a CT image? Is this an MRI scan? Is this an X-Ray? Is this an ultrasound image? Is this a microscopy image?
+Is this a fundus photograph? yes no Yes No. What organ is shown? Which organ is visible in this image?
+What part of the body is shown? What is the anatomy shown? Is there a lesion in the image? Is there an abnormality?
+CT Computed Tomography MRI MR Magnetic Resonance Imaging X-Ray radiograph Ultrasound Dermoscopy Microscopy
+Fundus Photography OCT Optical Coherence Tomography Endoscopy Colposcopy Digital Photography Infrared Reflectance
+brain head chest lung liver kidney heart abdomen pelvis spine knee eye retina skin cells cell nucleus tissue
+histology histopathology immunohistochemistry stain blood vessel optic disc macula microaneurysm hemorrhage
+normal abnormal benign malignant tumor nodule fracture pneumonia edema atrophy lesion mass cyst stone
+What is the diagnosis? What disease is shown? Which of the following is shown? What type of cell is this?
+axial sagittal coronal slice frame T1 T2 weighted contrast the a an of in is this image scan photo shown
+"""
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of the tiny preset; defaults keep every test and the demo within seconds on 2 CPU cores."""
+
+    vision_model: str = "test_vit"  # timm: width 64, 6 blocks, 16 px patches, 160 px
+    image_size: int = 160
+    clip_embed_dim: int = 32
+    text_hidden_size: int = 64
+    text_intermediate_size: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    tokenizer_vocab: int = 600
+    seed: int = 0
+
+
+def build_tiny_tokenizer(out_dir: str | Path, spec: TinySpec = TinySpec()):
+    """Train a byte-level BPE tokenizer with Llama-3's special tokens and chat template; save and return it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from modeling_medvqa.processing_medvqa import LLAMA3_IMAGE_CHAT_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.tokenizer_vocab,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([line for line in _CORPUS.splitlines() if line.strip()] * 4, trainer=trainer)
+    tok.add_special_tokens(LLAMA3_SPECIAL_TOKENS)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    # As Llama-3: the tokenizer adds <|begin_of_text|> when asked for special tokens.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        chat_template=LLAMA3_IMAGE_CHAT_TEMPLATE,
+    )
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_tiny_llama(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
+    """A 2-layer Llama + tokenizer saved with ``save_pretrained``, as a Hub Llama-3 checkpoint is laid out."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer(out_dir, spec)
+    eot, eos = tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|end_of_text|>"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden_size,
+        intermediate_size=spec.text_intermediate_size,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_kv_heads,
+        max_position_embeddings=1024,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[eos, eot],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=[eos, eot])
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_open_clip(out_dir: str | Path, spec: TinySpec = TinySpec()) -> str:
+    """A BiomedCLIP-shaped open_clip model saved as open_clip saves Hub models; returns its ``local-dir:`` id."""
+    import open_clip
+    import torch
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # BiomedCLIP's own config with a small timm trunk and open_clip's built-in text tower (PubMedBERT needs the Hub).
+    model_cfg = {
+        "embed_dim": spec.clip_embed_dim,
+        "vision_cfg": {
+            "timm_model_name": spec.vision_model,
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": spec.image_size,
+        },
+        "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+    torch.manual_seed(spec.seed)
+    model = open_clip.CLIP(**model_cfg)
+    model.visual.image_mean = open_clip.OPENAI_DATASET_MEAN
+    model.visual.image_std = open_clip.OPENAI_DATASET_STD
+    save_file(model.state_dict(), out_dir / "open_clip_model.safetensors")
+    save_config_for_hf(model, out_dir / "open_clip_config.json", model_config=model_cfg)
+    return f"local-dir:{out_dir}"
+
+
+def save_tiny_model(
+    out_dir: str | Path, spec: TinySpec = TinySpec(), work_dir: str | Path | None = None
+) -> Path:
+    """Build the tiny bases and assemble a Hub-loadable MedVQA folder at ``out_dir`` (what ``medvqa init`` writes)."""
+    from training.init_checkpoint import assemble_checkpoint
+
+    out_dir = Path(out_dir)
+    work = Path(work_dir) if work_dir is not None else out_dir.parent / f"{out_dir.name}-bases"
+    vision_id = build_tiny_open_clip(work / "tiny-biomedclip", spec)
+    text_dir = build_tiny_llama(work / "tiny-llama3", spec)
+    assemble_checkpoint(vision_id, str(text_dir), out_dir, dtype="float32", seed=spec.seed)
+    return out_dir
