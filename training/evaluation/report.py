@@ -1,0 +1,227 @@
+"""Scoring a set of predictions and writing its report: the one path shared by ``medvqa score`` and ``eval``.
+
+``score_records`` turns records with a ``"prediction"`` into scored records and the report dict of DESIGN.md §7;
+``write_outputs`` writes scored.jsonl, report.json, report.md and the PNG charts.
+
+Report layout (§7 keys, plus extras):
+- every slice metric M = ``{"accuracy", "n", "ci95"}`` uses the primary rule of its record's answer type
+  (``PRIMARY``: yes_no for yes/no questions, normalized_exact for open ones), with a Wilson 95% interval; extras
+  in each slice M: ``majority_baseline`` (the baseline's accuracy on that slice) and ``scorers`` (every rule on
+  that slice); ``by_dataset`` entries also carry nested ``yes_no`` / ``open`` (closed/open split per benchmark);
+- ``scorers``: each rule over the records it applies to (``mean`` too for token_recall / token_f1);
+- ``baselines.majority_answer``: predict the most frequent normalized answer of the question's answer type,
+  taken from ``--train`` when given, else from the evaluated set (``baseline_source`` says which);
+- ``templates``: seen / novel question templates (``stats.question_template``), only with ``--train``;
+- ``diagnostics``: mode collapse (``stats.diagnostics``); ``throughput``: eval only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.evaluation import stats
+from training.evaluation.records_io import write_jsonl
+from training.evaluation.scorers import PRIMARY, SCORERS, flags, normalized_exact, scores, yes_no
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class ScoreResult:
+    """``scored``: the input records each with ``"correct"`` (and ``"scores"``); ``report``: the §7 dict."""
+
+    scored: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
+def primary_flag(record: Mapping[str, Any], correct: Mapping[str, bool]) -> bool:
+    """The headline flag: the yes_no rule for yes/no questions, normalized_exact for open ones.
+
+    A question typed yes_no whose answer is not yes/no (the yes_no rule does not apply) falls back to
+    normalized_exact.
+    """
+    if stats.answer_type(record) == "yes_no" and "yes_no" in correct:
+        return correct["yes_no"]
+    return correct["normalized_exact"]
+
+
+def _baseline_flag(record: Mapping[str, Any], majority: Mapping[str, str]) -> bool:
+    kind = stats.answer_type(record)
+    guess = majority.get(kind)
+    if guess is None:  # the reference set has no question of this type: guess its overall majority
+        guess = next(iter(majority.values()), "")
+    answer = str(record["answer"])
+    if kind == "yes_no":
+        verdict = yes_no(guess, answer)
+        if verdict is not None:
+            return verdict
+    return normalized_exact(guess, answer)
+
+
+def score_records(
+    records: Sequence[Mapping[str, Any]],
+    train_records: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    throughput: Mapping[str, Any] | None = None,
+) -> ScoreResult:
+    """Score ``records`` (each with ``"prediction"`` and ``"answer"``) with every rule and build the report.
+
+    Args:
+        records: §4 records plus ``"prediction"`` (and ``"mc_prefix_choice"`` when eval computed it).
+        train_records: the training file, for the majority baseline and seen/novel templates.
+        throughput: ``{"questions_per_s", "batch_size", ...}`` (eval only).
+    """
+    scored: list[dict[str, Any]] = []
+    items: list[_Item] = []
+    majority = stats.majority_answers(train_records if train_records else records)
+    train_templates = {stats.question_template(r) for r in train_records} if train_records else None
+    for record in records:
+        correct, values = flags(record), scores(record)
+        scored.append({**record, "correct": correct, "scores": {k: round(v, 6) for k, v in values.items()}})
+        template_seen = None
+        if train_templates is not None:
+            template_seen = stats.question_template(record) in train_templates
+        items.append(
+            _Item(
+                record=record,
+                correct=correct,
+                scores=values,
+                primary=primary_flag(record, correct),
+                baseline=_baseline_flag(record, majority),
+                template_seen=template_seen,
+            )
+        )
+
+    report: dict[str, Any] = {
+        "primary": dict(PRIMARY),
+        "n": len(items),
+        "overall": _slice(items),
+        "yes_no": _slice([it for it in items if stats.answer_type(it.record) == "yes_no"]),
+        "open": _slice([it for it in items if stats.answer_type(it.record) == "open"]),
+        "by_modality": _group(items, lambda r: r.get("modality")),
+        "by_question_type": _group(items, lambda r: r.get("question_type")),
+        "by_dataset": _group(items, lambda r: r.get("dataset"), split_answer_type=True),
+        "scorers": {name: _scorer_metric(items, name) for name in SCORERS},
+        "baselines": {"majority_answer": stats.metric(it.baseline for it in items)},
+        "templates": {
+            "seen": stats.metric(it.primary for it in items if it.template_seen is True),
+            "novel": stats.metric(it.primary for it in items if it.template_seen is False),
+        },
+        "diagnostics": stats.diagnostics(
+            [str(it.record["prediction"]) for it in items], [str(it.record["answer"]) for it in items]
+        ),
+    }
+    if throughput is not None:
+        report["throughput"] = dict(throughput)
+    # extras: how to read the numbers
+    report["ci_method"] = stats.CI_METHOD
+    report["rules"] = {name: scorer.rule for name, scorer in SCORERS.items()}
+    report["baseline_source"] = "train" if train_records else "evaluated set"
+    report["baseline_answers"] = majority
+    report["templates_available"] = train_templates is not None
+    report["warnings"] = _warnings(report)
+    return ScoreResult(scored=scored, report=report)
+
+
+@dataclass
+class _Item:
+    record: Mapping[str, Any]
+    correct: Mapping[str, bool]
+    scores: Mapping[str, float]
+    primary: bool
+    baseline: bool
+    template_seen: bool | None
+
+
+def _scorer_metric(items: Sequence[_Item], name: str) -> dict[str, Any]:
+    applicable = [it for it in items if name in it.correct]
+    m = stats.metric(it.correct[name] for it in applicable)
+    if SCORERS[name].score is not None:
+        m["mean"] = (
+            round(sum(it.scores[name] for it in applicable) / len(applicable), 6) if applicable else 0.0
+        )
+    return m
+
+
+def _slice(items: Sequence[_Item]) -> dict[str, Any]:
+    m = stats.metric(it.primary for it in items)
+    m["majority_baseline"] = round(sum(it.baseline for it in items) / len(items), 6) if items else 0.0
+    m["scorers"] = {name: _scorer_metric(items, name) for name in SCORERS}
+    return m
+
+
+def _group(
+    items: Sequence[_Item], key: Callable[[Mapping[str, Any]], Any], split_answer_type: bool = False
+) -> dict[str, Any]:
+    groups: dict[str, list[_Item]] = {}
+    for it in items:
+        groups.setdefault(str(key(it.record) or UNKNOWN), []).append(it)
+    out: dict[str, Any] = {}
+    for name in sorted(groups):
+        m = _slice(groups[name])
+        if split_answer_type:  # each benchmark with its own closed (yes/no) / open split
+            for kind in ("yes_no", "open"):
+                m[kind] = _slice([it for it in groups[name] if stats.answer_type(it.record) == kind])
+        out[name] = m
+    return out
+
+
+def _warnings(report: Mapping[str, Any]) -> list[str]:
+    warnings: list[str] = []
+    diag = report["diagnostics"]
+    if diag["mode_collapse"]:
+        warnings.append(
+            f"mode collapse: {diag['top_prediction_share']:.0%} of the predictions are "
+            f"{diag['top_prediction']!r} ({diag['distinct_predictions']} distinct predictions, "
+            f"{diag['answer_entropy_bits']:.2f} bits; the references' most common answer covers "
+            f"{diag['reference_top_answer_share']:.0%})"
+        )
+    overall, base = report["overall"], report["baselines"]["majority_answer"]
+    if overall["n"] and overall["accuracy"] <= base["accuracy"]:
+        warnings.append(
+            f"accuracy {overall['accuracy']:.1%} is not above the majority-answer baseline {base['accuracy']:.1%}"
+        )
+    return warnings
+
+
+# --- writing --------------------------------------------------------------------------------------------------
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write report.json, the PNG charts and report.md (which shows the charts) into ``out_dir``."""
+    from training.evaluation.charts import write_charts
+    from training.evaluation.markdown import render_markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    charts = write_charts(report, out)
+    md_path = out / "report.md"
+    md_path.write_text(render_markdown(report, [c.name for c in charts]), encoding="utf-8")
+    return [json_path, md_path, *charts]
+
+
+def write_outputs(result: ScoreResult, out_dir: str | Path, scored_name: str = "scored.jsonl") -> list[Path]:
+    """Write the scored records (``scored_name``) and the report files into ``out_dir``."""
+    scored_path = write_jsonl(Path(out_dir) / scored_name, result.scored)
+    return [scored_path, *write_report(result.report, out_dir)]
+
+
+def iter_slices(report: Mapping[str, Any]) -> Iterable[tuple[str, str, Mapping[str, Any]]]:
+    """(section, label, M) for every row of the paper's table, in report order (used by markdown and charts)."""
+    yield "summary", "overall", report["overall"]
+    yield "summary", "yes/no (closed)", report["yes_no"]
+    yield "summary", "open", report["open"]
+    for section, key in (("modality", "by_modality"), ("question type", "by_question_type")):
+        for name, m in report[key].items():
+            yield section, name, m
+    for name, m in report["by_dataset"].items():
+        yield "dataset", name, m
+        for kind, label in (("yes_no", "closed (yes/no)"), ("open", "open")):
+            if kind in m and m[kind]["n"]:
+                yield "dataset", f"{name} · {label}", m[kind]

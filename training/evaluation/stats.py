@@ -1,0 +1,141 @@
+"""Statistics of a scored set: Wilson intervals, the majority-answer baseline, question templates and
+mode-collapse diagnostics. Pure Python (no numpy) so that ``medvqa score`` starts fast."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from training.evaluation import synonyms as _table
+from training.evaluation.normalize import normalize, normalized_tokens
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+CI_METHOD = "Wilson score interval, 95%"
+
+# Mode collapse (see ``diagnostics``): the most common prediction covers at least this share of all answers ...
+COLLAPSE_MIN_SHARE = 0.5
+# ... and at least this many times the share of the most common reference answer (a model may say "no" to 60%
+# of the questions when 60% of the answers are "no"; saying it to 100% of them is collapse).
+COLLAPSE_RATIO = 1.5
+COLLAPSE_MIN_N = 5  # below this a share means nothing
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for ``correct`` successes out of ``n``; ``(0.0, 1.0)`` when ``n == 0``.
+
+    Chosen over the normal approximation because it stays inside [0, 1] and behaves at 0% / 100% and small n.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def metric(values: Iterable[bool]) -> dict[str, Any]:
+    """M of DESIGN.md §7: ``{"accuracy", "n", "ci95"}``. An empty set gives accuracy 0.0, n 0, ci95 [0, 1]."""
+    values = list(values)
+    n = len(values)
+    correct = sum(1 for v in values if v)
+    low, high = wilson_interval(correct, n)
+    return {"accuracy": correct / n if n else 0.0, "n": n, "ci95": [round(low, 6), round(high, 6)]}
+
+
+# --- majority-answer baseline ---------------------------------------------------------------------------------
+
+
+def majority_answers(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The most frequent normalized answer per answer type (``{"yes_no": "no", "open": "ct"}``).
+
+    Per answer type because the question's form already tells yes/no from open, so a blind guesser would use
+    it. Ties go to the alphabetically first answer, to be deterministic.
+    """
+    counts: dict[str, Counter[str]] = {}
+    for record in records:
+        counts.setdefault(answer_type(record), Counter())[normalize(str(record["answer"]))] += 1
+    return {kind: min(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0] for kind, counter in counts.items()}
+
+
+def answer_type(record: Mapping[str, Any]) -> str:
+    """``record["answer_type"]`` when given, else "yes_no" when the normalized answer is yes/no, else "open"."""
+    kind = record.get("answer_type")
+    if kind:
+        return str(kind)
+    return "yes_no" if normalize(str(record.get("answer", ""))) in ("yes", "no") else "open"
+
+
+# --- question templates ---------------------------------------------------------------------------------------
+
+_MASK = "_"
+_DIGITS = re.compile(r"^\d+(\.\d+)?$")
+_SYNONYM_WORDS = frozenset(word for canon in _table.SYNONYMS for word in canon.split())
+
+
+def question_template(record: Mapping[str, Any]) -> str:
+    """The question with its content words masked, to tell questions of a seen form from novel ones.
+
+    Rule: normalize the question (``normalize.py``), then replace by "_" every token that occurs in the record's
+    normalized answer or options, every number, and every word of a canonical synonym (modality names); runs of
+    "_" become one. "Is this a CT image?" and "Is this an MRI scan?" share the template "is this _"
+    ("ct image" and "mri scan" are synonyms of "ct" and "mri"); "Which organ is shown?" keeps its words.
+    """
+    content: set[str] = set(normalized_tokens(str(record.get("answer", ""))))
+    for option in record.get("options") or []:
+        content.update(normalized_tokens(str(option)))
+    out: list[str] = []
+    for tok in normalized_tokens(str(record.get("question", ""))):
+        masked = tok in content or tok in _SYNONYM_WORDS or bool(_DIGITS.match(tok))
+        word = _MASK if masked else tok
+        if not (word == _MASK and out and out[-1] == _MASK):
+            out.append(word)
+    return " ".join(out)
+
+
+# --- mode collapse --------------------------------------------------------------------------------------------
+
+
+def entropy_bits(counts: Iterable[int]) -> float:
+    """Shannon entropy (bits) of a distribution given by counts."""
+    counts = [c for c in counts if c > 0]
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    return max(0.0, -sum(c / total * math.log2(c / total) for c in counts))
+
+
+def diagnostics(predictions: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
+    """Mode-collapse diagnostics of §7 on normalized predictions, plus the same figures for the answers.
+
+    ``mode_collapse`` is True when there are at least ``COLLAPSE_MIN_N`` predictions, the most common prediction
+    covers at least ``COLLAPSE_MIN_SHARE`` of them, and that share is at least ``COLLAPSE_RATIO`` times the share
+    of the most common reference answer.
+    """
+    pred_counts = Counter(normalize(p) for p in predictions)
+    gold_counts = Counter(normalize(a) for a in answers)
+    n = len(predictions)
+    top_pred, top_n = pred_counts.most_common(1)[0] if pred_counts else ("", 0)
+    top_share = top_n / n if n else 0.0
+    gold_share = gold_counts.most_common(1)[0][1] / len(answers) if answers else 0.0
+    collapse = (
+        n >= COLLAPSE_MIN_N and top_share >= COLLAPSE_MIN_SHARE and top_share >= COLLAPSE_RATIO * gold_share
+    )
+    return {
+        "top_prediction_share": round(top_share, 6),
+        "distinct_predictions": len(pred_counts),
+        "answer_entropy_bits": round(entropy_bits(pred_counts.values()), 6),
+        "mode_collapse": bool(collapse),
+        # extras: what the flag was judged against
+        "top_prediction": top_pred,
+        "reference_top_answer_share": round(gold_share, 6),
+        "reference_distinct_answers": len(gold_counts),
+        "reference_entropy_bits": round(entropy_bits(gold_counts.values()), 6),
+        "rule": (
+            f"mode_collapse when n >= {COLLAPSE_MIN_N}, top_prediction_share >= {COLLAPSE_MIN_SHARE} and "
+            f"top_prediction_share >= {COLLAPSE_RATIO} x the most common reference answer's share"
+        ),
+    }
