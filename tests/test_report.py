@@ -143,6 +143,9 @@ def test_report_hand_worked_numbers():
     assert report["baseline_source"] == "train"
     assert report["baselines"]["majority_answer"]["accuracy"] == 3 / 8
     assert report["yes_no"]["majority_baseline"] == 0.5
+    nested = report["baselines"]["majority_answer"]
+    assert nested["yes_no"]["accuracy"] == 0.5 and nested["by_modality"]["MRI"]["accuracy"] == 0.5
+    assert _is_metric(nested["by_dataset"]["SLAKE"]["open"]) and _is_metric(nested["templates"]["seen"])
     # templates: "is this _" and "is there lesion" and "what modality is this" are seen; "which organ is shown" not
     assert report["templates"]["seen"]["n"] == 6 and report["templates"]["novel"]["n"] == 2
     assert report["templates"]["novel"]["accuracy"] == 0.0

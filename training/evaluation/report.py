@@ -10,7 +10,8 @@ Report layout (§7 keys, plus extras):
   that slice); ``by_dataset`` entries also carry nested ``yes_no`` / ``open`` (closed/open split per benchmark);
 - ``scorers``: each rule over the records it applies to (``mean`` too for token_recall / token_f1);
 - ``baselines.majority_answer``: predict the most frequent normalized answer of the question's answer type,
-  taken from ``--train`` when given, else from the evaluated set (``baseline_source`` says which);
+  taken from ``--train`` when given, else from the evaluated set (``baseline_source`` says which); an M
+  with the same slices nested inside (``yes_no``, ``open``, ``by_modality``, ..., ``templates``);
 - ``templates``: seen / novel question templates (``stats.question_template``), only with ``--train``;
 - ``diagnostics``: mode collapse (``stats.diagnostics``); ``throughput``: eval only.
 """
@@ -99,18 +100,10 @@ def score_records(
     report: dict[str, Any] = {
         "primary": dict(PRIMARY),
         "n": len(items),
-        "overall": _slice(items),
-        "yes_no": _slice([it for it in items if stats.answer_type(it.record) == "yes_no"]),
-        "open": _slice([it for it in items if stats.answer_type(it.record) == "open"]),
-        "by_modality": _group(items, lambda r: r.get("modality")),
-        "by_question_type": _group(items, lambda r: r.get("question_type")),
-        "by_dataset": _group(items, lambda r: r.get("dataset"), split_answer_type=True),
+        **_slices(items, _slice),
         "scorers": {name: _scorer_metric(items, name) for name in SCORERS},
-        "baselines": {"majority_answer": stats.metric(it.baseline for it in items)},
-        "templates": {
-            "seen": stats.metric(it.primary for it in items if it.template_seen is True),
-            "novel": stats.metric(it.primary for it in items if it.template_seen is False),
-        },
+        # the baseline on every slice too, nested like the report (hub_card reads it that way)
+        "baselines": {"majority_answer": _slices(items, _baseline_metric, nested=True)},
         "diagnostics": stats.diagnostics(
             [str(it.record["prediction"]) for it in items], [str(it.record["answer"]) for it in items]
         ),
@@ -154,19 +147,51 @@ def _slice(items: Sequence[_Item]) -> dict[str, Any]:
     return m
 
 
-def _group(
-    items: Sequence[_Item], key: Callable[[Mapping[str, Any]], Any], split_answer_type: bool = False
+def _baseline_metric(items: Sequence[_Item]) -> dict[str, Any]:
+    return stats.metric(it.baseline for it in items)
+
+
+# slice name -> grouping key of a record; by_dataset entries are split again by answer type
+_GROUPS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "by_modality": lambda r: r.get("modality"),
+    "by_question_type": lambda r: r.get("question_type"),
+    "by_dataset": lambda r: r.get("dataset"),
+}
+
+
+def _slices(
+    items: Sequence[_Item], fn: Callable[[Sequence[_Item]], dict[str, Any]], nested: bool = False
 ) -> dict[str, Any]:
-    groups: dict[str, list[_Item]] = {}
-    for it in items:
-        groups.setdefault(str(key(it.record) or UNKNOWN), []).append(it)
-    out: dict[str, Any] = {}
-    for name in sorted(groups):
-        m = _slice(groups[name])
-        if split_answer_type:  # each benchmark with its own closed (yes/no) / open split
-            for kind in ("yes_no", "open"):
-                m[kind] = _slice([it for it in groups[name] if stats.answer_type(it.record) == kind])
-        out[name] = m
+    """overall / yes_no / open / by_* / templates, each computed by ``fn`` on its items.
+
+    ``nested``: put everything but "overall" inside the overall metric (the layout of baselines.majority_answer).
+    """
+
+    def by_type(subset: Sequence[_Item], kind: str) -> dict[str, Any]:
+        return fn([it for it in subset if stats.answer_type(it.record) == kind])
+
+    out: dict[str, Any] = {
+        "overall": fn(items),
+        "yes_no": by_type(items, "yes_no"),
+        "open": by_type(items, "open"),
+    }
+    for group, key in _GROUPS.items():
+        members: dict[str, list[_Item]] = {}
+        for it in items:
+            members.setdefault(str(key(it.record) or UNKNOWN), []).append(it)
+        out[group] = {}
+        for name in sorted(members):
+            m = fn(members[name])
+            if group == "by_dataset":  # each benchmark with its own closed (yes/no) / open split
+                m["yes_no"], m["open"] = by_type(members[name], "yes_no"), by_type(members[name], "open")
+            out[group][name] = m
+    out["templates"] = {
+        "seen": fn([it for it in items if it.template_seen is True]),
+        "novel": fn([it for it in items if it.template_seen is False]),
+    }
+    if nested:
+        overall = out.pop("overall")
+        return {**overall, **out}
     return out
 
 
