@@ -71,15 +71,20 @@ _PATIENT_KEY = re.compile(
     re.IGNORECASE,
 )
 _LOCAL = "<local path>"
+_BASELINE_SOURCES = {"train": "training set (no peeking at test answers)"}
 
 
 @dataclass(frozen=True)
 class Metric:
-    """One ``M`` of report.json (DESIGN.md §7): accuracy in [0, 1], number of questions, 95% CI or None."""
+    """One ``M`` of report.json (DESIGN.md §7): accuracy in [0, 1], number of questions, 95% CI or None.
+
+    ``baseline`` is the slice's ``majority_baseline`` (an extra of medvqa's reports) when the report has it.
+    """
 
     accuracy: float
-    n: int
+    n: int | None
     ci95: tuple[float, float] | None
+    baseline: float | None = None
 
 
 def parse_metric(value: Any) -> Metric | None:
@@ -94,15 +99,30 @@ def parse_metric(value: Any) -> Metric | None:
     ci95 = None
     if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(x, int | float) for x in ci):
         ci95 = (ci[0], ci[1])
-    return Metric(accuracy=acc, n=n if isinstance(n, int) and not isinstance(n, bool) else 0, ci95=ci95)
+    baseline = value.get("majority_baseline")
+    return Metric(
+        accuracy=acc,
+        n=n if isinstance(n, int) and not isinstance(n, bool) else None,
+        ci95=ci95,
+        baseline=baseline if isinstance(baseline, int | float) and not isinstance(baseline, bool) else None,
+    )
+
+
+def _reportable(m: Metric | None) -> bool:
+    # An empty slice (n == 0, e.g. seen/novel templates when eval had no training file) has no accuracy to show.
+    return m is not None and m.n != 0
 
 
 def iter_report_metrics(report: dict) -> list[tuple[str, str | None, Metric]]:
-    """Every metric of a report as ``(group, key, Metric)``: key is None for overall/yes_no/open."""
+    """Every metric of a report as ``(group, key, Metric)``: key is None for overall/yes_no/open.
+
+    Groups: overall, yes_no, open, by_modality, by_question_type, by_dataset, templates, scorers; slices with
+    ``n == 0`` are left out (they have no accuracy).
+    """
     out: list[tuple[str, str | None, Metric]] = []
     for group, _ in _TOP_GROUPS:
         m = parse_metric(report.get(group))
-        if m is not None:
+        if _reportable(m):
             out.append((group, None, m))
     for group, _ in _NESTED_GROUPS:
         entries = report.get(group)
@@ -110,9 +130,13 @@ def iter_report_metrics(report: dict) -> list[tuple[str, str | None, Metric]]:
             continue
         for key, value in entries.items():
             m = parse_metric(value)
-            if m is not None:
+            if _reportable(m):
                 out.append((group, str(key), m))
     return out
+
+
+def _n(m: Metric) -> str:
+    return str(m.n) if m.n is not None else "—"
 
 
 def _pct(x: float) -> str:
@@ -187,7 +211,7 @@ def report_eval_results(
                 dataset_split=split,
                 metric_type="accuracy",
                 metric_value=m.accuracy,
-                metric_name=f"{label} accuracy (n={m.n}{ci})",
+                metric_name=f"{label} accuracy (n={_n(m)}{ci})",
                 metric_config=_scorer_of(report, group, key),
                 metric_args={k: v for k, v in args.items() if v is not None},
             )
@@ -223,8 +247,9 @@ def _hub_id(value: Any) -> str | None:
 def base_models(config: dict | None, adapter_config: dict | None = None) -> list[str]:
     """The Hub ids the weights derive from: the adapter's base for adapter-only folders, else vision + text bases.
 
-    Read from the config where it names them (``base_models``, ``vision_config._name_or_path``,
-    ``text_config._name_or_path`` ...); a missing or local value falls back to BiomedCLIP / Llama-3-8B-Instruct.
+    Read from the config where it names them (``base_models`` as written by ``medvqa init``,
+    ``vision_config._name_or_path``, ``text_config._name_or_path`` ...); a missing or local value falls back to
+    BiomedCLIP / Llama-3-8B-Instruct.
     """
     if adapter_config is not None:
         base = _hub_id(adapter_config.get("base_model_name_or_path"))
@@ -233,39 +258,28 @@ def base_models(config: dict | None, adapter_config: dict | None = None) -> list
     config = config or {}
     listed = config.get("base_models")
     if isinstance(listed, list):
-        ids = [i for i in (_hub_id(v) for v in listed) if i]
+        ids = [i for i in map(_hub_id, listed) if i]
         if ids:
             return list(dict.fromkeys(ids))
+    named = listed if isinstance(listed, dict) else {}  # medvqa init writes {"vision": ..., "text": ...}
     vision_cfg = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else {}
     text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    vision = next(
-        (
-            i
-            for i in map(
-                _hub_id,
-                (
-                    config.get("vision_model_id"),
-                    config.get("vision_name_or_path"),
-                    vision_cfg.get("pretrained"),
-                    vision_cfg.get("_name_or_path"),
-                ),
-            )
-            if i
-        ),
-        DEFAULT_VISION_BASE,
+    vision_candidates = (
+        named.get("vision"),
+        config.get("vision_model_id"),
+        config.get("vision_name_or_path"),
+        vision_cfg.get("pretrained"),
+        vision_cfg.get("_name_or_path"),
     )
-    text = next(
-        (
-            i
-            for i in map(
-                _hub_id,
-                (config.get("text_model_id"), config.get("text_name_or_path"), text_cfg.get("_name_or_path")),
-            )
-            if i
-        ),
-        DEFAULT_TEXT_BASE,
+    text_candidates = (
+        named.get("text"),
+        config.get("text_model_id"),
+        config.get("text_name_or_path"),
+        text_cfg.get("_name_or_path"),
     )
-    return [vision, text]
+    vision = next((i for i in map(_hub_id, vision_candidates) if i), DEFAULT_VISION_BASE)
+    text = next((i for i in map(_hub_id, text_candidates) if i), DEFAULT_TEXT_BASE)
+    return list(dict.fromkeys([vision, text]))
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -403,16 +417,16 @@ def _usage(model_id: str, adapter_only: bool, adapter_base: str | None) -> str:
     return "\n".join(text)
 
 
-def _table(label: str, rows: list[tuple[str, Metric, Metric | None]], extra: str | None = None) -> str:
+def _table(label: str, rows: list[tuple[str, Metric, float | None]], extra: str | None = None) -> str:
     """A markdown table; the majority-baseline column appears only if some row has a baseline."""
     with_baseline = any(b is not None for _, _, b in rows)
     head = f"| {label} | n | accuracy | 95% CI |" + (" majority baseline |" if with_baseline else "")
     sep = "|---|---:|---:|---:|" + ("---:|" if with_baseline else "")
     lines = [head, sep]
     for name, m, b in rows:
-        line = f"| {_cell(name)} | {m.n} | {_pct(m.accuracy)} | {_ci(m)} |"
+        line = f"| {_cell(name)} | {_n(m)} | {_pct(m.accuracy)} | {_ci(m)} |"
         if with_baseline:
-            line += f" {_pct(b.accuracy) if b else '—'} |"
+            line += f" {_pct(b) if b is not None else '—'} |"
         lines.append(line)
     if extra:
         lines += ["", extra]
@@ -424,30 +438,40 @@ def _results(report: dict, eval_dataset: str, charts: list[str], files: set[str]
     baselines = report.get("baselines") if isinstance(report.get("baselines"), dict) else {}
     majority = baselines.get("majority_answer") if isinstance(baselines.get("majority_answer"), dict) else {}
 
-    def baseline(group: str, key: str | None) -> Metric | None:
-        if group == "overall":
-            return parse_metric(majority)
-        if key is None:
-            return parse_metric(majority.get(group))
-        nested = majority.get(group)
-        return parse_metric(nested.get(key)) if isinstance(nested, dict) else None
+    def baseline(group: str, key: str | None, m: Metric) -> float | None:
+        """The majority-answer baseline of a slice: the slice's own figure, else one under baselines."""
+        if m.baseline is not None:
+            return m.baseline
+        nested = majority if group == "overall" else majority.get(group)
+        if key is not None:
+            nested = nested.get(key) if isinstance(nested, dict) else None
+        b = parse_metric(nested)
+        return b.accuracy if b else None
 
     parts = [
         f"Evaluated on **{_cell(eval_dataset)}**"
         + (f", {report['n']} questions" if isinstance(report.get("n"), int) else "")
         + ". Accuracy with a 95% confidence interval; scoring rules: "
-        f"`{yes_no}` for yes/no questions, `{open_}` for open questions (rules below).",
+        f"`{yes_no}` for yes/no questions, `{open_}` for open questions (rules below). "
+        + (f"Intervals: {_cell(report['ci_method'])}. " if isinstance(report.get("ci_method"), str) else "")
+        + "The majority baseline answers every question with the most frequent answer of its type (yes/no or "
+        "open)"
+        + (
+            f", taken from the {_BASELINE_SOURCES.get(report['baseline_source'], _cell(report['baseline_source']))}."
+            if isinstance(report.get("baseline_source"), str)
+            else "."
+        ),
         "",
     ]
     top = []
     for group, label in _TOP_GROUPS:
         m = parse_metric(report.get(group))
-        if m is not None:
-            top.append((label, m, baseline(group, None)))
+        if _reportable(m):
+            top.append((label, m, baseline(group, None, m)))
     other_baselines = [
         (f"baseline: {name.replace('_', ' ')}", m, None)
         for name, value in baselines.items()
-        if name != "majority_answer" and (m := parse_metric(value)) is not None
+        if name != "majority_answer" and _reportable(m := parse_metric(value))
     ]
     parts.append(_table("", top + other_baselines))
     paper = ", ".join(f"{label.lower()} {_pct(PAPER_RESULTS[g])}" for g, label in _TOP_GROUPS)
@@ -465,10 +489,14 @@ def _results(report: dict, eval_dataset: str, charts: list[str], files: set[str]
         entries = report.get(group)
         if not isinstance(entries, dict):
             continue
-        rows = [(str(k), m, baseline(group, str(k))) for k, v in entries.items() if (m := parse_metric(v))]
+        rows = [
+            (str(k), m, baseline(group, str(k), m))
+            for k, v in entries.items()
+            if _reportable(m := parse_metric(v))
+        ]
         if not rows:
             continue
-        rows.sort(key=lambda r: (-r[1].n, r[0]))
+        rows.sort(key=lambda r: (-(r[1].n or 0), r[0]))
         extra = None
         if group == "templates":
             extra = (
@@ -478,21 +506,36 @@ def _results(report: dict, eval_dataset: str, charts: list[str], files: set[str]
         parts += ["", f"### {heading}", "", _table(label, rows, extra)]
 
     scorers = report.get("scorers") if isinstance(report.get("scorers"), dict) else {}
+    rules = report.get("rules") if isinstance(report.get("rules"), dict) else {}
     names = list(dict.fromkeys([yes_no, open_, *map(str, scorers)]))
     parts += [
         "",
         "### Scoring rules",
         "",
-        "| rule | used for | accuracy | n | 95% CI | definition |",
-        "|---|---|---:|---:|---:|---|",
+        "Each rule over the questions it applies to; only the primary rules make the numbers above.",
+        "",
+        "| rule | used for | n | accuracy | 95% CI | mean score | definition |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for name in names:
-        m = parse_metric(scorers.get(name))
-        use = "yes/no (primary)" if name == yes_no else "open (primary)" if name == open_ else "reported"
-        acc = (_pct(m.accuracy), str(m.n), _ci(m)) if m else ("—", "—", "—")
+        raw = scorers.get(name)
+        m = parse_metric(raw)
+        use = "yes/no (primary)" if name == yes_no else "open (primary)" if name == open_ else "also reported"
+        if _reportable(m):
+            acc = (_n(m), _pct(m.accuracy), _ci(m))
+        else:
+            acc = ("0" if m else "—", "—", "—")  # a rule that applied to no question, e.g. options missing
+        mean = raw.get("mean") if isinstance(raw, dict) else None
+        mean_text = f"{mean:.3f}" if isinstance(mean, int | float) and not isinstance(mean, bool) else "—"
+        rule = rules.get(name) if isinstance(rules.get(name), str) else SCORER_RULES.get(name, "")
         parts.append(
-            f"| `{_cell(name)}` | {use} | {acc[0]} | {acc[1]} | {acc[2]} | {_cell(SCORER_RULES.get(name, ''))} |"
+            f"| `{_cell(name)}` | {use} | {acc[0]} | {acc[1]} | {acc[2]} | {mean_text} | {_cell(rule)} |"
         )
+
+    warnings = report.get("warnings") if isinstance(report.get("warnings"), list) else []
+    if warnings:
+        parts += ["", "**Warnings from the evaluation:**", ""]
+        parts += [f"- {_cell(w)}" for w in warnings if isinstance(w, str)]
 
     diag = report.get("diagnostics") if isinstance(report.get("diagnostics"), dict) else {}
     facts = []
@@ -533,6 +576,8 @@ def _fmt_value(value: Any) -> str:
         return ", ".join(f"{k}={_fmt_value(v)}" for k, v in value.items() if not _PATIENT_KEY.search(str(k)))
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if value is None:
+        return "—"
     return _cell(value)
 
 
@@ -571,6 +616,16 @@ def _training(recipe: dict | None) -> str:
             scalars[key] = value
     if scalars:
         parts += ["**Other settings**", "", *_bullets(scalars), ""]
+    training = recipe.get("training") if isinstance(recipe.get("training"), dict) else {}
+    factors = [
+        training.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_gpus")
+    ]
+    if all(isinstance(f, int) and not isinstance(f, bool) for f in factors):
+        parts += [
+            f"Global batch: {factors[0]} per device x {factors[1]} accumulation x {factors[2]} GPUs = "
+            f"{math.prod(factors)}.",
+            "",
+        ]
     hardware = recipe.get("hardware")
     if hardware:
         parts.append(f"**Hardware**: {_fmt_value(hardware)}")

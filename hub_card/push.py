@@ -289,7 +289,10 @@ def plan_push(model_dir: str | Path) -> PushPlan:
             if local_paths(path.read_text(encoding="utf-8", errors="replace")):
                 leaking.append(rel)
     if leaking:
-        plan.warnings.append(f"{', '.join(leaking)} mention local absolute paths and go up as they are")
+        plan.warnings.append(
+            f"{', '.join(leaking)} {'mentions' if len(leaking) == 1 else 'mention'} local absolute paths and "
+            "will go up unchanged"
+        )
     if "README.md" not in uploaded:
         plan.warnings.append("no README.md: run `medvqa card` first so the repo has a model card")
     plan.upload.sort()
