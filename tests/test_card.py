@@ -292,3 +292,13 @@ def test_cli_card_bad_input_exit_2_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("medvqa card: error: ")
     assert not (d / "README.md").exists()
+
+
+def test_card_of_the_real_tiny_model(tiny_model_dir: Path) -> None:
+    """The folder `medvqa init` writes: its local base paths become the Hub defaults and never reach the card."""
+    card = build_card(tiny_model_dir, _report())  # builds in memory: the shared fixture folder stays as it is
+    assert card.data.base_model == [DEFAULT_VISION_BASE, DEFAULT_TEXT_BASE]
+    content = str(card)
+    assert str(tiny_model_dir.parent) not in content
+    assert f"{card.data.model_name}" == tiny_model_dir.name
+    assert "parameters in safetensors" in card.text

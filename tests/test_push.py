@@ -330,3 +330,28 @@ def test_push_the_folder_medvqa_card_wrote(tmp_path: Path) -> None:
     api = FakeHfApi()
     uploaded = push_folder(d, "org/medvqa", api=api)
     assert "README.md" in uploaded and "report.json" in uploaded and "scored.jsonl" not in uploaded
+
+
+def test_allow_list_is_enough_to_load_the_real_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Exactly the files push would send, copied alone, load through the Auto classes (what a Hub user gets)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    plan = plan_push(tiny_model_dir)
+    assert not plan.blocking and not plan.adapter_only
+    hub = tmp_path / "as-on-the-hub"
+    hub.mkdir()
+    for rel in plan.upload:
+        shutil.copy2(tiny_model_dir / rel, hub / rel)
+    processor = AutoProcessor.from_pretrained(hub, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(hub, trust_remote_code=True).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What modality?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    size = model.config.vision_config.image_size
+    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
