@@ -302,3 +302,53 @@ def test_card_of_the_real_tiny_model(tiny_model_dir: Path) -> None:
     assert str(tiny_model_dir.parent) not in content
     assert f"{card.data.model_name}" == tiny_model_dir.name
     assert "parameters in safetensors" in card.text
+
+
+def test_card_of_a_report_from_the_real_scorer(tmp_path: Path) -> None:
+    """report.json as `medvqa score` makes it (extras, nested baselines): every metric still comes back equal."""
+    from training.evaluation.report import score_records
+
+    records = []
+    for i in range(24):
+        yes_no = i % 3 == 0
+        answer = ("yes" if i % 2 else "no") if yes_no else ["ct", "mri", "normal"][i % 3]
+        records.append(
+            {
+                "question_id": str(i),
+                "dataset": ["RadImageNet", "BUSI"][i % 2],
+                "image": f"{i}.png",
+                "question": f"Is it {i}?" if yes_no else "Which modality?",
+                "answer": answer,
+                "answer_type": "yes_no" if yes_no else "open",
+                "modality": ["CT", "MRI", "Ultrasound"][i % 3],
+                "modality_raw": "",
+                "question_type": ["Modality Recognition", "Disease Diagnosis"][i % 2],
+                "options": [],
+                "source": "test",
+                "split": "test",
+                "prediction": answer if i % 4 else "normal",
+            }
+        )
+    report = json.loads(json.dumps(score_records(records, records[:12]).report))  # as read back from disk
+    d = make_model_dir(tmp_path, with_recipe=False)
+    (d / "report.json").write_text(json.dumps(report))
+    card = ModelCard.load(write_card(d, d / "report.json"))
+    found = _model_index_metrics(card)
+    expected = {(g, None): report[g] for g in ("overall", "yes_no", "open")}
+    for group in GROUPS:
+        expected |= {(group, k): m for k, m in report[group].items() if m["n"] > 0}
+    assert set(found) == set(expected)
+    for key, result in found.items():
+        assert result.metric_value == expected[key]["accuracy"], key
+        assert result.metric_args["ci95"] == expected[key]["ci95"], key
+    ct = report["by_modality"]["CT"]
+    base = report["baselines"]["majority_answer"]["by_modality"]["CT"]["accuracy"]
+    row = next(line for line in card.text.splitlines() if line.startswith("| CT |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == [
+        "CT",
+        str(ct["n"]),
+        f"{100 * ct['accuracy']:.1f}%",
+        f"{100 * ct['ci95'][0]:.1f}–{100 * ct['ci95'][1]:.1f}",
+        f"{100 * base:.1f}%",
+    ]
