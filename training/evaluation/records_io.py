@@ -19,7 +19,14 @@ ANSWER_TYPES = ("yes_no", "open")
 def read_jsonl(
     path: str | Path, required: Sequence[str] = (), limit: int | None = None
 ) -> list[dict[str, Any]]:
-    """Read a JSONL file of records (blank lines skipped), at most ``limit`` records.
+    """Read a JSONL file of records (blank lines skipped), at most ``limit`` records; see ``read_jsonl_lines``."""
+    return [record for _, record in read_jsonl_lines(path, required, limit)]
+
+
+def read_jsonl_lines(
+    path: str | Path, required: Sequence[str] = (), limit: int | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """Read a JSONL file as ``(line number, record)`` pairs (blank lines skipped), at most ``limit`` records.
 
     Raises:
         MedVQAUserError: missing/unreadable file, a line that is not a JSON object, a ``required`` field missing
@@ -28,7 +35,7 @@ def read_jsonl(
     path = Path(path)
     if not path.is_file():
         raise MedVQAUserError(path, "no such file")
-    records: list[dict[str, Any]] = []
+    records: list[tuple[int, dict[str, Any]]] = []
     try:
         with path.open(encoding="utf-8") as handle:
             for lineno, line in enumerate(handle, start=1):
@@ -36,7 +43,7 @@ def read_jsonl(
                     break
                 if not line.strip():
                     continue
-                records.append(_parse(path, lineno, line, required))
+                records.append((lineno, _parse(path, lineno, line, required)))
     except UnicodeDecodeError as exc:
         raise MedVQAUserError(path, f"not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
