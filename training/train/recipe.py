@@ -78,7 +78,9 @@ class StageSettings:
     num_train_epochs: float = 1.0
     max_steps: int = -1
     learning_rate: float = 2e-4
-    projector_learning_rate: float | None = None  # lora/joint: the projector's own rate (default: learning_rate)
+    projector_learning_rate: float | None = (
+        None  # lora/joint: the projector's own rate (default: learning_rate)
+    )
     vision_learning_rate: float | None = None  # clip/joint: the vision trunk's rate (default: learning_rate)
     vision_trainable_blocks: int | None = None  # joint: train the last N ViT blocks (None: all)
     per_device_train_batch_size: int | None = None

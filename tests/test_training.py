@@ -1,0 +1,211 @@
+"""Training: label masking, the three stages, resume, per-module learning rates, LoRA on the LM only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_fixtures import write_colour_dataset
+
+from modeling_medvqa import MedVQAProcessor
+from training.errors import MedVQAUserError
+from training.train.recipe import load_recipe, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RECIPE = REPO / "configuration" / "recipes" / "tiny_cpu.yaml"
+
+
+def _tiny_recipe(output_dir: Path, **stage_overrides):
+    recipe = load_recipe(TINY_RECIPE)
+    recipe.output_dir = str(output_dir)
+    recipe.training.report_to = []
+    for stage, values in stage_overrides.items():
+        for key, value in values.items():
+            setattr(recipe.stage(stage), key, value)
+    return recipe
+
+
+def test_collated_batch_masks_prompt_image_and_padding(tiny_model_dir: Path, tmp_path: Path):
+    from training.train.pipeline import read_train_records
+    from training.train.sft_data import MedVQACollator, build_sft_dataset
+
+    processor = MedVQAProcessor.from_pretrained(tiny_model_dir)
+    records, base = read_train_records(write_colour_dataset(tmp_path, n=3))
+    records[1]["question"] = (
+        "Which imaging modality was used to acquire this picture of the body?"  # longer prompt
+    )
+    records[2]["answer"] = "X-Ray radiograph of the chest"  # longer answer
+    dataset = build_sft_dataset(records, base)
+    batch = MedVQACollator(processor=processor)([dataset[i] for i in range(3)])
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert batch["pixel_values"].shape == (3, 3, 160, 160)
+    eot = processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    for row, record in enumerate(records):
+        kept = labels[row][labels[row] != -100]
+        # Exactly the answer and the end of turn carry loss.
+        assert processor.decode(kept) == record["answer"] + "<|eot_id|>"
+        assert kept[-1].item() == eot
+        image_positions = ids[row] == processor.image_token_id
+        assert int(image_positions.sum()) == processor.image_seq_length
+        assert (labels[row][image_positions] == -100).all()
+        assert (labels[row][mask[row] == 0] == -100).all()
+    assert (mask == 0).any()  # the batch really holds padding
+
+
+def test_recipe_errors_name_the_key(tmp_path: Path):
+    with pytest.raises(MedVQAUserError, match="unknown key"):
+        recipe_from_dict({"name": "x", "output_dir": "y", "training": {"per_device_batch": 3}}, "r.yaml")
+    with pytest.raises(MedVQAUserError, match="unknown stage"):
+        recipe_from_dict({"name": "x", "output_dir": "y", "stages": {"pretrain": {}}}, "r.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(MedVQAUserError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+def test_paper_recipe_is_the_papers_setup():
+    recipe = load_recipe(REPO / "configuration" / "recipes" / "paper_llama3_8b.yaml")
+    assert recipe.training.global_batch_size == 128 and recipe.training.num_gpus == 2
+    assert recipe.training.bf16 and recipe.training.gradient_checkpointing
+    assert (recipe.training.optim, recipe.training.lr_scheduler_type, recipe.training.warmup_steps) == (
+        "adamw_torch",
+        "cosine",
+        100,
+    )
+    assert (recipe.lora.r, recipe.lora.alpha) == (8, 32)
+    assert recipe.model.text == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert recipe.model.vision == "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+
+
+def test_lora_targets_the_language_model_only_and_projector_trains(tiny_model_dir: Path):
+    from modeling_medvqa import MedVQAForConditionalGeneration
+    from training.train.sft_stages import build_peft_model
+
+    recipe = _tiny_recipe(Path("unused"))
+    peft_model = build_peft_model(
+        MedVQAForConditionalGeneration.from_pretrained(tiny_model_dir), recipe, "lora"
+    )
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    lora = [n for n in trainable if "lora_" in n]
+    assert lora and all(".language_model." in n for n in lora)
+    assert any("multi_modal_projector.modules_to_save" in n for n in trainable)
+    assert not any("vision_tower" in n for n in trainable)
+    lora_a = next(m for n, m in peft_model.named_modules() if n.endswith("q_proj.lora_A"))
+    assert lora_a["default"].out_features == 8
+    assert peft_model.peft_config["default"].lora_alpha == 32
+
+
+def test_joint_trains_only_the_last_vision_blocks(tiny_model_dir: Path):
+    from modeling_medvqa import MedVQAForConditionalGeneration
+    from training.train.sft_stages import build_peft_model
+
+    recipe = _tiny_recipe(Path("unused"))
+    recipe.stage("joint").vision_trainable_blocks = 2
+    model = MedVQAForConditionalGeneration.from_pretrained(tiny_model_dir)
+    peft_model = build_peft_model(model, recipe, "joint")
+    vision = {n for n, p in peft_model.named_parameters() if p.requires_grad and "vision_tower" in n}
+    blocks = {int(n.split("trunk.blocks.")[1].split(".")[0]) for n in vision}
+    n_blocks = model.config.num_vision_blocks_used
+    assert blocks == {n_blocks - 2, n_blocks - 1}
+
+
+def test_module_learning_rates_build_separate_groups(tiny_model_dir: Path, tmp_path: Path):
+    from modeling_medvqa import MedVQAForConditionalGeneration
+    from training.train.pipeline import read_train_records
+    from training.train.sft_data import MedVQACollator, build_sft_dataset
+    from training.train.sft_stages import _sft_trainer_class, build_peft_model, training_arguments
+
+    recipe = _tiny_recipe(tmp_path / "run")
+    processor = MedVQAProcessor.from_pretrained(tiny_model_dir)
+    peft_model = build_peft_model(
+        MedVQAForConditionalGeneration.from_pretrained(tiny_model_dir), recipe, "joint"
+    )
+    records, base = read_train_records(write_colour_dataset(tmp_path / "data", n=4))
+    trainer = _sft_trainer_class()(
+        model=peft_model,
+        args=training_arguments(recipe, "joint", tmp_path / "out", learning_rate=1e-3),
+        train_dataset=build_sft_dataset(records, base),
+        processing_class=processor,
+        data_collator=MedVQACollator(processor=processor),
+    )
+    trainer.module_learning_rates = {"multi_modal_projector": 5e-3, "vision_tower": 1e-5}
+    optimizer = trainer.create_optimizer()
+    lrs = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            lrs[id(p)] = group["lr"]
+    by_name = {n: lrs[id(p)] for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert {v for n, v in by_name.items() if "multi_modal_projector" in n} == {5e-3}
+    assert {v for n, v in by_name.items() if "vision_tower" in n} == {1e-5}
+    assert {v for n, v in by_name.items() if "lora_" in n} == {1e-3}
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_a_kill_ends_with_the_same_adapter(tmp_path: Path):
+    from transformers import TrainerCallback
+
+    from training.train.checkpoints import COMPLETE_MARKER
+    from training.train.pipeline import run_training
+
+    data = write_colour_dataset(tmp_path / "data", n=32)
+
+    def recipe_for(out: Path):
+        recipe = _tiny_recipe(out, lora={"max_steps": 6, "num_train_epochs": 1})
+        recipe.training.per_device_train_batch_size = 4
+        recipe.training.save_steps = 3
+        recipe.training.logging_steps = 1
+        return recipe
+
+    straight = run_training(recipe_for(tmp_path / "straight"), ["lora"], train_jsonl=data)["lora"]
+
+    class KillAfterCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:  # the checkpoint of step 3 is on disk; step 4 is lost with the process
+                raise _Kill
+
+    killed_dir = tmp_path / "killed"
+    with pytest.raises(_Kill):
+        run_training(recipe_for(killed_dir), ["lora"], train_jsonl=data, callbacks=[KillAfterCheckpoint()])
+    assert (killed_dir / "lora" / "checkpoint-3" / COMPLETE_MARKER).is_file()
+    # A half-written checkpoint (no marker) must be ignored by resume.
+    (killed_dir / "lora" / "checkpoint-5").mkdir()
+    resumed = run_training(recipe_for(killed_dir), ["lora"], train_jsonl=data, resume=True)["lora"]
+    assert resumed.resumed_from == killed_dir / "lora" / "checkpoint-3"
+
+    a = load_file(str(straight.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    assert straight.losses[-1] == pytest.approx(resumed.losses[-1], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_three_stages_run_and_each_loss_falls(tmp_path: Path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from training.train.pipeline import run_training
+
+    data = write_colour_dataset(tmp_path / "data", n=96)
+    recipe = _tiny_recipe(tmp_path / "run", clip={"num_train_epochs": 4})
+    recipe.training.logging_steps = 1
+    results = run_training(recipe, train_jsonl=data)
+    for stage in ("clip", "lora", "joint"):
+        losses = results[stage].losses
+        print(stage, [round(x, 3) for x in losses])
+        assert len(losses) >= 3
+        assert min(losses[-2:]) < losses[0], stage
+    merged = results["joint"].merged_dir
+    model = AutoModelForImageTextToText.from_pretrained(merged, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(merged, trust_remote_code=True)
+    assert model.config.model_type == "medvqa" and processor.image_seq_length == 100
+    adapter = AutoModelForImageTextToText.from_pretrained(
+        results["joint"].adapter_dir, trust_remote_code=True
+    )
+    assert hasattr(adapter, "peft_config")
+    assert not (results["joint"].adapter_dir / "training_args.bin").exists()

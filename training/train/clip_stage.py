@@ -1,0 +1,170 @@
+"""Stage ``clip``: BiomedCLIP fine-tuned on its own on the training images, as the paper does first.
+
+The whole open_clip model (timm vision trunk + text tower: PubMedBERT for BiomedCLIP, open_clip's built-in one in
+the tiny preset) is trained with open_clip's own ``ClipLoss`` on image–caption pairs built from the training
+records (``data.clip_text``, e.g. "CT image. Which organ is shown? brain").  One caption per distinct image: two
+captions of one image in a batch would be false negatives of each other.  The transformers ``Trainer`` runs it,
+so checkpoints, resume, logging and DeepSpeed behave as in the other stages.
+
+Outputs under ``<output_dir>/clip/``: ``open_clip/`` (the tuned model in open_clip's Hub layout, a ``local-dir:``
+id) and ``model/`` (the MedVQA checkpoint whose vision tower now holds the tuned trunk).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.train.checkpoints import (
+    CompleteCheckpointMixin,
+    ModuleLearningRatesMixin,
+    last_complete_checkpoint,
+)
+from training.train.recipe import Recipe
+from training.train.sft_stages import StageResult
+
+
+class OpenClipContrastive(nn.Module):
+    """open_clip model + ``ClipLoss`` as one module whose forward returns ``{"loss": ...}`` for the Trainer."""
+
+    def __init__(self, clip_model: nn.Module, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        import open_clip
+
+        self.clip = clip_model
+        # Across ranks, gather features (with gradients) so every rank contrasts against the global batch.
+        self.loss_fn = open_clip.ClipLoss(gather_with_grad=world_size > 1, rank=rank, world_size=world_size)
+
+    def forward(self, pixel_values: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        image_features = self.clip.encode_image(pixel_values, normalize=True)
+        text_features = self.clip.encode_text(text, normalize=True)
+        loss = self.loss_fn(image_features, text_features, self.clip.logit_scale.exp())
+        return {"loss": loss}
+
+
+def image_caption_pairs(
+    records: list[dict[str, Any]], base_dir: Path | None, template: str
+) -> list[dict[str, str]]:
+    """One (image path, caption) pair per distinct image, captioned from its first record."""
+    pairs: dict[str, str] = {}
+    for record in records:
+        image = Path(record["image"])
+        path = str(image if image.is_absolute() or base_dir is None else Path(base_dir) / image)
+        if path not in pairs:
+            pairs[path] = template.format_map({k: v for k, v in record.items() if isinstance(v, str)})
+    return [{"image": path, "caption": caption} for path, caption in pairs.items()]
+
+
+class ClipCollator:
+    """Loads images with the medical loader, applies open_clip's train transform, tokenizes captions."""
+
+    def __init__(self, transform, tokenizer) -> None:
+        self.transform = transform
+        self.text_tokenizer = tokenizer  # not `tokenizer`: Trainer would try to save_pretrained it
+
+    def __call__(self, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+        from training.images import load_medical_image
+
+        pixels = torch.stack([self.transform(load_medical_image(e["image"])) for e in examples])
+        return {"pixel_values": pixels, "text": self.text_tokenizer([e["caption"] for e in examples])}
+
+
+def save_open_clip(clip_model: nn.Module, source_id: str, out_dir: Path) -> str:
+    """Save a tuned open_clip model in open_clip's Hub layout (config + safetensors); returns its local-dir id."""
+    import json
+
+    import open_clip
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in clip_model.state_dict().items()},
+        out_dir / "open_clip_model.safetensors",
+    )
+    save_config_for_hf(
+        clip_model, out_dir / "open_clip_config.json", model_config=open_clip.get_model_config(source_id)
+    )
+    if source_id.startswith("local-dir:"):  # carry a Hub text tokenizer's files along (PubMedBERT's)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            src = Path(source_id[len("local-dir:") :]) / name
+            if src.is_file():
+                (out_dir / name).write_bytes(src.read_bytes())
+    json.loads(
+        (out_dir / "open_clip_config.json").read_text()
+    )  # fail here, not at the next load, if malformed
+    return f"local-dir:{out_dir}"
+
+
+def run_clip_stage(
+    recipe: Recipe,
+    vision_id: str,
+    base_dir: Path,
+    train_records: list[dict[str, Any]],
+    records_base: Path | None,
+    *,
+    resume: bool = False,
+    callbacks: list | None = None,
+) -> StageResult:
+    """Fine-tune the open_clip model contrastively, then write a MedVQA checkpoint with the tuned vision trunk."""
+    import open_clip
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import Trainer, set_seed
+
+    from modeling_medvqa import MedVQAForConditionalGeneration, MedVQAProcessor
+    from training.init_checkpoint import load_open_clip
+    from training.train.sft_stages import training_arguments
+
+    output_dir = Path(recipe.output_dir) / "clip"
+    state = PartialState()
+    set_seed(recipe.seed)
+    clip_model, _ = load_open_clip(vision_id)
+    pp = open_clip.get_model_preprocess_cfg(clip_model)
+    transform = open_clip.image_transform(
+        pp["size"], is_train=True, mean=pp["mean"], std=pp["std"], interpolation=pp.get("interpolation")
+    )
+    tokenizer = open_clip.get_tokenizer(vision_id)
+    pairs = image_caption_pairs(train_records, records_base, recipe.data.clip_text)
+    args = training_arguments(recipe, "clip", output_dir, max_length=None)
+    stage = recipe.stage("clip")
+
+    class ClipTrainer(CompleteCheckpointMixin, ModuleLearningRatesMixin, Trainer):
+        """Trainer for the open_clip module (no SFT specifics)."""
+
+    trainer = ClipTrainer(
+        model=OpenClipContrastive(clip_model, rank=state.process_index, world_size=state.num_processes),
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        data_collator=ClipCollator(transform, tokenizer),
+        callbacks=callbacks,
+    )
+    if stage.vision_learning_rate is not None:
+        trainer.module_learning_rates = {"clip.visual.": stage.vision_learning_rate}
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    result = StageResult(
+        stage="clip",
+        output_dir=output_dir,
+        losses=[h["loss"] for h in trainer.state.log_history if "loss" in h],
+        train_samples_per_second=output.metrics.get("train_samples_per_second"),
+        train_runtime_s=time.perf_counter() - started,
+        resumed_from=checkpoint,
+    )
+    result.model_dir = output_dir / "model"
+    if state.is_main_process:
+        from training.init_checkpoint import copy_trunk_into_tower
+
+        tuned = trainer.accelerator.unwrap_model(trainer.model).clip
+        save_open_clip(tuned, vision_id, output_dir / "open_clip")
+        model = MedVQAForConditionalGeneration.from_pretrained(base_dir)
+        copy_trunk_into_tower(tuned.visual.trunk.state_dict(), model.model.vision_tower)
+        model.save_pretrained(result.model_dir)
+        MedVQAProcessor.from_pretrained(base_dir).save_pretrained(result.model_dir)
+    state.wait_for_everyone()
+    return result
