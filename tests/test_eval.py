@@ -73,7 +73,7 @@ def test_batched_generation_equals_batch_size_one(loaded, eval_set):
 
     model, processor = loaded
     records = _records(eval_set)
-    loader = ImageLoader(eval_set.parent)
+    loader = ImageLoader(eval_set)
     one = generate_answers(model, processor, records, loader, batch_size=1, max_new_tokens=6)
     for batch_size in (4, 11):  # 4 leaves a short last batch; prompts of different lengths get left padding
         assert (
@@ -90,7 +90,7 @@ def test_option_losses_match_a_plain_forward_pass(loaded, eval_set):
 
     model, processor = loaded
     records = _records(eval_set)[:5]
-    loader = ImageLoader(eval_set.parent)
+    loader = ImageLoader(eval_set)
     batched = option_losses(
         model, processor, records, loader, batch_size=8
     )  # rows of several records together
@@ -179,8 +179,10 @@ def test_eval_user_errors(tiny_model, eval_set, tmp_path, capsys):
         "--batch-size",
     )
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "q?", "answer": "yes"}\n', encoding="utf-8")
-    fails(["eval", "--model", str(tiny_model), "--data", str(bad), *base], "bad.jsonl:1", '"image"')
+    bad.write_text('{"question_id": "1", "question": "q?", "answer": "yes"}\n', encoding="utf-8")
+    fails(["eval", "--model", str(tiny_model), "--data", str(bad), *base], "bad.jsonl:1", "image")
     missing = tmp_path / "missing.jsonl"
-    missing.write_text('{"question": "q?", "answer": "yes", "image": "gone.png"}\n', encoding="utf-8")
-    fails(["eval", "--model", str(tiny_model), "--data", str(missing), *base], "gone.png", "missing.jsonl:1")
+    missing.write_text(
+        '\n{"question_id": "1", "question": "q?", "answer": "yes", "image": "gone.png"}\n', encoding="utf-8"
+    )
+    fails(["eval", "--model", str(tiny_model), "--data", str(missing), *base], "gone.png", "missing.jsonl:2")

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.data.records import resolve_image
 from training.errors import MedVQAUserError
 from training.evaluation.records_io import read_jsonl, read_jsonl_lines, write_jsonl
 
@@ -97,12 +98,12 @@ def evaluate(
     model_dir, data = Path(model_dir), Path(data)
     if not (model_dir / "config.json").is_file():
         raise MedVQAUserError(model_dir, "not a model folder (no config.json)")
-    lines = read_jsonl_lines(data, required=DATA_FIELDS, limit=limit)
+    lines = read_jsonl_lines(data, required=DATA_FIELDS, limit=limit, schema=True)
     records = [record for _, record in lines]
     if not records:
         raise MedVQAUserError(data, "no records")
     train_records = read_jsonl(train, required=("answer",)) if train else None
-    loader = ImageLoader(data.parent)
+    loader = ImageLoader(data)
     loader.check_exist(lines, data)  # fail before the (slow) model load
 
     model, processor = load_model(model_dir, device=device, dtype=dtype)
@@ -166,8 +167,8 @@ class ImageLoader:
     """Loads records' images with the medical image loader; relative paths are relative to the JSONL's folder.
     Keeps the last few images, since several questions often share one image."""
 
-    def __init__(self, base_dir: str | Path) -> None:
-        self.base_dir = Path(base_dir)
+    def __init__(self, jsonl_path: str | Path) -> None:
+        self.jsonl_path = Path(jsonl_path)
         self._load = functools.lru_cache(maxsize=64)(self._load_path)
 
     def _load_path(self, path: str):
@@ -177,8 +178,7 @@ class ImageLoader:
 
     def path(self, record: Mapping[str, Any]) -> Path:
         """The record's image path, relative paths taken from the JSONL's folder."""
-        path = Path(str(record["image"]))
-        return path if path.is_absolute() else self.base_dir / path
+        return resolve_image(record, self.jsonl_path)
 
     def check_exist(self, lines: Sequence[tuple[int, Mapping[str, Any]]], source: str | Path) -> None:
         """Raise a user error naming ``source:line`` of the first record whose image file does not exist."""

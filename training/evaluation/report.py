@@ -233,7 +233,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
 def write_outputs(result: ScoreResult, out_dir: str | Path, scored_name: str = "scored.jsonl") -> list[Path]:
     """Write the scored records (``scored_name``) and the report files into ``out_dir``."""
-    scored_path = write_jsonl(Path(out_dir) / scored_name, result.scored)
+    scored_path = Path(out_dir) / scored_name
+    write_jsonl(scored_path, result.scored)
     return [scored_path, *write_report(result.report, out_dir)]
 
 
