@@ -12,8 +12,9 @@ Sources (all present in the installed packages, nothing is downloaded; DESIGN.md
 * CT: pydicom ``J2K_pixelrep_mismatch.dcm`` and ``693_J2KI.dcm`` (head), ``CT_small.dcm`` (spine);
 * MRI: nibabel ``anatomical.nii`` (T1 brain), ``example4d.nii.gz`` (EPI brain), ``functional.nii`` (brain,
   the Restricted-access dataset), pydicom ``examples_overlay.dcm`` (abdomen) and ``MR_small.dcm``;
-* Ultrasound: pydicom ``examples_ybr_color.dcm`` (echocardiography, 30 frames), ``examples_jpeg2k.dcm``
-  (Doppler, lymph node), ``examples_palette.dcm`` (obstetric);
+* Ultrasound: pydicom ``examples_ybr_color.dcm`` (echocardiography), ``examples_jpeg2k.dcm`` (Doppler, lymph
+  node), ``examples_palette.dcm`` (obstetric); their burned-in text (patient id, date, institution) is painted
+  black before anything is cut;
 * Microscopy: scikit-image ``cell`` and ``immunohistochemistry`` (colour tiles and their haematoxylin channel);
 * Fundus Photography: scikit-image ``retina`` (colour and red-free) and ``microaneurysms``.
 
@@ -122,13 +123,26 @@ def _skimage_file(name: str) -> Callable[[], Path]:
 # ------------------------------------------------------------------------------------------------ cutting ----
 
 
-def _load(path: Path, **kw: Any) -> Image.Image:
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of width / height
+
+
+def _load(path: Path, redact: Sequence[Box] = (), **kw: Any) -> Image.Image:
+    """Load through the one loader; paint ``redact`` boxes black (burned-in text of the ultrasound files
+    names the patient, the date and the institution: it must not reach the samples)."""
+    from PIL import ImageDraw
+
     from training.images import load_medical_image
 
-    return load_medical_image(path, **kw)
+    im = load_medical_image(path, **kw)
+    if redact:
+        draw = ImageDraw.Draw(im)
+        w, h = im.size
+        for x0, y0, x1, y1 in redact:
+            draw.rectangle((round(x0 * w), round(y0 * h), round(x1 * w) - 1, round(y1 * h) - 1), fill=0)
+    return im
 
 
-def _crops(im: Image.Image, boxes: list[tuple[float, float, float, float]]) -> Iterator[Image.Image]:
+def _crops(im: Image.Image, boxes: Sequence[Box]) -> Iterator[Image.Image]:
     w, h = im.size
     for x0, y0, x1, y1 in boxes:
         yield im.crop((round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h)))
@@ -144,10 +158,14 @@ _FULL_AND_CROPS = [
 ]
 
 
-def _ct(windows: Sequence[tuple[float, float] | None], boxes: list[tuple[float, float, float, float]]):
+def _windowed(
+    boxes: Sequence[Box], windows: Sequence[tuple[float, float] | None] = (None,), redact: Sequence[Box] = ()
+):
+    """Crops ``boxes`` of the image under each window (None: the file's own window)."""
+
     def cut(path: Path) -> Iterator[Image.Image]:
         for window in windows:
-            yield from _crops(_load(path, window=window), boxes)
+            yield from _crops(_load(path, redact, window=window), boxes)
 
     return cut
 
@@ -168,18 +186,12 @@ def _nifti(views: list[tuple[int, list[int], int | None]]):
     return cut
 
 
-def _frames(indices: list[int], boxes: list[tuple[float, float, float, float]] | None = None):
+def _frames(indices: Sequence[int], redact: Sequence[Box] = ()):
     def cut(path: Path) -> Iterator[Image.Image]:
         for i in indices:
-            yield from _crops(_load(path, frame=i), boxes or [(0, 0, 1, 1)])
+            yield _load(path, redact, frame=i)
 
     return cut
-
-
-def _single(
-    boxes: list[tuple[float, float, float, float]], windows: tuple[tuple[float, float] | None, ...] = (None,)
-):
-    return _ct(windows, boxes)
 
 
 def _tiles(n: int, size: float, seed: int, channel: Callable[[Image.Image], Image.Image] | None = None):
@@ -233,11 +245,11 @@ _CT_WINDOWS: list[tuple[float, float] | None] = [None, (40, 80), (600, 2800), (5
 
 SOURCES: tuple[Source, ...] = (
     Source("pydicom:J2K_pixelrep_mismatch.dcm", "PydicomCT", "CT", "Brain",
-           _ct(_CT_WINDOWS, _FULL_AND_CROPS), _pydicom_file("J2K_pixelrep_mismatch.dcm")),
+           _windowed(_FULL_AND_CROPS, _CT_WINDOWS), _pydicom_file("J2K_pixelrep_mismatch.dcm")),
     Source("pydicom:693_J2KI.dcm", "PydicomCT", "CT", "Brain",
-           _ct([(40, 400), (600, 2800)], _FULL_AND_CROPS[:5]), _pydicom_file("693_J2KI.dcm")),
+           _windowed(_FULL_AND_CROPS[:5], [(40, 400), (600, 2800)]), _pydicom_file("693_J2KI.dcm")),
     Source("pydicom:CT_small.dcm", "PydicomCT", "CT", "Spine",
-           _ct(_CT_WINDOWS, _FULL_AND_CROPS[:4]), _pydicom_file("CT_small.dcm")),
+           _windowed(_FULL_AND_CROPS[:4], _CT_WINDOWS), _pydicom_file("CT_small.dcm")),
     Source("nibabel:anatomical.nii", "NibabelBrainMRI", "MRI", "Brain",
            _nifti([(2, [30, 38, 46, 54, 62, 70, 78, 86], None), (1, [30, 40, 50, 60, 70, 80], None),
                    (0, [30, 40, 45, 55, 60, 70], None)]), _nibabel_file("anatomical.nii")),
@@ -245,21 +257,21 @@ SOURCES: tuple[Source, ...] = (
            _nifti([(2, [20, 26, 32, 38, 44, 50, 56, 62, 68, 74, 80], 0), (2, [23, 31, 39, 47, 55, 63, 71, 79, 85], 1)]),
            _nibabel_file("example4d.nii.gz")),
     Source("pydicom:examples_overlay.dcm", "PydicomMR", "MRI", "Abdomen",
-           _single(_FULL_AND_CROPS[:4], (None, (250, 700))), _pydicom_file("examples_overlay.dcm")),
+           _windowed(_FULL_AND_CROPS[:4], (None, (250, 700))), _pydicom_file("examples_overlay.dcm")),
     Source("pydicom:MR_small.dcm", "PydicomMR", "MRI", None,
-           _single(_FULL_AND_CROPS[:5]), _pydicom_file("MR_small.dcm")),
+           _windowed(_FULL_AND_CROPS[:5]), _pydicom_file("MR_small.dcm")),
     Source("nibabel:functional.nii", "NibabelFunctionalMRI", "MRI", "Brain",
            _nifti([(2, [0, 50, 99], 4), (2, [0, 50, 99], 15)]), _nibabel_file("functional.nii"),
            access="Restricted-access"),
     Source("pydicom:examples_ybr_color.dcm", "PydicomUS", "Ultrasound", "Heart",
-           _frames(list(range(0, 30, 1))[:24]), _pydicom_file("examples_ybr_color.dcm")),
+           _frames(range(24), redact=[(0, 0, 0.25, 0.12)]), _pydicom_file("examples_ybr_color.dcm")),
     Source("pydicom:examples_jpeg2k.dcm", "PydicomUS", "Ultrasound", "Lymph node",
-           _single(_FULL_AND_CROPS + [(0.05, 0.1, 0.95, 0.8), (0.1, 0.15, 0.9, 0.75), (0.15, 0.2, 0.85, 0.7),
+           _windowed(_FULL_AND_CROPS + [(0.05, 0.1, 0.95, 0.8), (0.1, 0.15, 0.9, 0.75), (0.15, 0.2, 0.85, 0.7),
                                       (0, 0.2, 0.6, 0.8), (0.4, 0.2, 1, 0.8), (0.2, 0.1, 0.8, 0.7),
-                                      (0.25, 0.25, 0.75, 0.75), (0.1, 0.3, 0.9, 0.9)]),
+                                      (0.25, 0.25, 0.75, 0.75), (0.1, 0.3, 0.9, 0.9)], redact=[(0, 0, 1, 0.22)]),
            _pydicom_file("examples_jpeg2k.dcm")),
     Source("pydicom:examples_palette.dcm", "PydicomUS", "Ultrasound", None,
-           _single(_FULL_AND_CROPS + [(0.25, 0, 0.75, 1), (0.3, 0, 0.8, 0.7)]), _pydicom_file("examples_palette.dcm")),
+           _windowed(_FULL_AND_CROPS + [(0.25, 0, 0.75, 1), (0.3, 0, 0.8, 0.7)], redact=[(0, 0, 1, 0.18)]), _pydicom_file("examples_palette.dcm")),
     Source("scikit-image:cell.png", "SkimageMicroscopy", "Microscopy", None,
            _tiles(16, 0.45, 11), _skimage_file("cell.png")),
     Source("scikit-image:ihc.png", "SkimageMicroscopy", "Microscopy", None,
