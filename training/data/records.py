@@ -153,7 +153,10 @@ def dedupe_options(options: Iterable[str]) -> list[str]:
 
 
 def make_record(**fields: Any) -> dict[str, Any]:
-    """A record with the schema's fields in order (missing ones as empty values), extra keys after them."""
+    """A record with the schema's fields in order (missing ones empty; ``answer_type`` from the answer), extra
+    keys after them."""
+    if not fields.get("answer_type"):
+        fields["answer_type"] = answer_type(fields.get("answer") or "")
     rec: dict[str, Any] = {k: fields.pop(k, [] if k == "options" else "") for k in FIELDS}
     rec.update(fields)
     return rec
