@@ -19,17 +19,20 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 _NON_WORD = re.compile(r"[^a-z0-9 ]+")
 
 
+@lru_cache(maxsize=1 << 17)
 def normalize_question(q: str) -> str:
     """Lower case, punctuation removed, single spaces."""
     return " ".join(_NON_WORD.sub(" ", q.lower()).split())
 
 
+@lru_cache(maxsize=1 << 17)
 def question_template(q: str) -> str:
     """The heuristic template of a question (see the module docstring)."""
     words = normalize_question(q).split()

@@ -56,12 +56,12 @@ from training.data.records import (
     clean_answer,
     clean_text,
     dedupe_options,
-    make_record,
     write_jsonl,
 )
 from training.data.splits import SPLITS, ImageInfo, assign_splits, check_ratios, split_membership
 from training.errors import MedVQAUserError
 
+_REQUIRED = ("question_id", "question", "gt_answer", "image_path")
 OPTION_KEYS = ("option_A", "option_B", "option_C", "option_D", "option_E", "option_F")
 # Leading bytes of the image formats the loader reads (DICOM is checked at offset 128).
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8", b"RIFF", b"\x1f\x8b")
@@ -132,9 +132,9 @@ def iter_release(root: Path) -> Iterator[tuple[str, str, int, Any]]:
             raise MedVQAUserError(f, f"malformed QA file ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(rows, list):
             raise MedVQAUserError(f, f"expected a JSON list of rows, got {type(rows).__name__}")
-        rel = f.relative_to(root).as_posix()
+        rel, access = f.relative_to(root).as_posix(), f.parent.name
         for i, row in enumerate(rows):
-            yield rel, f.parent.name, i, row
+            yield rel, access, i, row
 
 
 class _ImageChecker:
@@ -172,13 +172,25 @@ class _ImageChecker:
         return None, hashlib.sha256(data).hexdigest()
 
 
-def _text(row: dict[str, Any], key: str) -> str | None:
-    v = row.get(key)
-    if isinstance(v, bool) or v is None:
+def _text(v: Any) -> str | None:
+    """A row value as non-empty text (numbers as text: some ids and answers are numbers), else None."""
+    if type(v) is str:  # the common case first: this runs a few times per row
+        return v if v.strip() else None
+    if v is None or isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    if isinstance(v, int | float):
-        return str(v)
-    return v if isinstance(v, str) and v.strip() else None
+    return str(v)
+
+
+def _dedupe_cleaned(slots: list[str]) -> list[str]:
+    """Options already cleaned: drop case-insensitive duplicates, keep order."""
+    seen: set[str] = set()
+    out = []
+    for o in slots:
+        low = o.lower()
+        if low not in seen:
+            seen.add(low)
+            out.append(o)
+    return out
 
 
 def convert_rows(
@@ -216,42 +228,36 @@ def convert_rows(
         if not isinstance(row, dict):
             reject(qa_file, i, "malformed_row", f"not a JSON object: {type(row).__name__}", raw=row)
             continue
-        qid, question, gt, image_path = (
-            _text(row, k) for k in ("question_id", "question", "gt_answer", "image_path")
-        )
-        missing = [
-            k
-            for k, v in zip(
-                ("question_id", "question", "gt_answer", "image_path"), (qid, question, gt, image_path)
-            )
-            if v is None
-        ]
-        if missing:
+        get = row.get
+        qid, question, gt, image_path = (_text(get(k)) for k in _REQUIRED)
+        if qid is None or question is None or gt is None or image_path is None:
+            missing = [k for k in _REQUIRED if _text(get(k)) is None]
             reject(qa_file, i, "malformed_row", "missing or empty: " + ", ".join(missing), raw=row)
             continue
-        assert qid is not None and question is not None and gt is not None and image_path is not None
         image_key = posixpath.normpath(image_path.replace("\\", "/"))
         if image_key.startswith(("/", "../")) or image_key == "..":
             reject(qa_file, i, "malformed_row", "image_path outside the release", raw=row)
             continue
-        dataset = _text(row, "dataset") or posixpath.splitext(posixpath.basename(qa_file))[0]
-        modality_raw = _text(row, "modality_type") or _text(row, "modality") or ""
-        slots = [_clean(v) for v in (row.get(k) for k in OPTION_KEYS) if isinstance(v, str) and v.strip()]
-        question_type = clean_text(_text(row, "question_type") or "")
-        rec = make_record(
-            question_id=qid,
-            dataset=dataset,
-            image=f"{root_rel}/{image_key}",
-            question=" ".join(question.split()),
-            answer=_clean(gt),
-            answer_type="",
-            modality="",
-            modality_raw=modality_raw,
-            question_type=question_type,
-            options=dedupe_options(slots),
-            source=_text(row, "image_source") or qa_file,
-            split="",
-        )
+        dataset = _text(get("dataset")) or posixpath.splitext(posixpath.basename(qa_file))[0]
+        modality_raw = _text(get("modality_type")) or _text(get("modality")) or ""
+        slots = [_clean(v) for v in map(get, OPTION_KEYS) if type(v) is str and v.strip()]
+        question_type = _text(get("question_type"))
+        question_type = clean_text(question_type) if question_type else ""
+        image_source = _text(get("image_source"))
+        rec = {  # the order of records.FIELDS
+            "question_id": qid,
+            "dataset": dataset,
+            "image": f"{root_rel}/{image_key}",
+            "question": " ".join(question.split()),
+            "answer": _clean(gt),
+            "answer_type": "",
+            "modality": "",
+            "modality_raw": modality_raw,
+            "question_type": question_type,
+            "options": _dedupe_cleaned(slots),
+            "source": image_source or qa_file,
+            "split": "",
+        }
         prev = seen_ids.get(qid)
         if prev is not None:
             if prev == dataset:
@@ -289,8 +295,9 @@ def convert_rows(
         converted.append(rec)
         info = images.get(image_key)
         if info is None:
-            info = images[image_key] = ImageInfo(sha=sha, source=_text(row, "image_source"))
-        info.modalities[rec["modality"]] += 1
+            info = images[image_key] = ImageInfo(sha=sha, source=image_source)
+        mods = info.modalities
+        mods[rec["modality"]] = mods.get(rec["modality"], 0) + 1
         info.datasets.add(dataset)
     assert n_rows == len(converted) + len(review) + len(rejected), "a row was lost"
     return converted, review, rejected, rules, images

@@ -38,7 +38,7 @@ class ImageInfo:
 
     sha: str | None = None
     source: str | None = None  # the file the image was cut from, when recorded
-    modalities: Counter[str] = field(default_factory=Counter)  # questions per modality
+    modalities: dict[str, int] = field(default_factory=dict)  # questions per modality
     datasets: set[str] = field(default_factory=set)
 
 
@@ -73,30 +73,38 @@ def build_groups(images: Mapping[str, ImageInfo]) -> list[Group]:
         return k
 
     first_by: dict[tuple[str, str], str] = {}
-    for key in sorted(images):
+    keys = sorted(images)
+    for key in keys:
         info = images[key]
         for link in (("sha", info.sha), ("source", info.source)):
             if link[1] is None:
                 continue
             other = first_by.setdefault(link, key)  # type: ignore[arg-type]
-            ra, rb = find(key), find(other)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+            if other != key:
+                ra, rb = find(key), find(other)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
     members: dict[str, list[str]] = defaultdict(list)
-    for key in sorted(images):
+    for key in keys:
         members[find(key)].append(key)
     groups = []
-    for root, keys in members.items():
-        mods: Counter[str] = Counter()
-        datasets: set[str] = set()
-        sources: set[str] = set()
-        for k in keys:
-            mods.update(images[k].modalities)
-            datasets |= images[k].datasets
-            if images[k].source:
-                sources.add(images[k].source)
+    for root, ks in members.items():
+        if len(ks) == 1:  # most images of the real release: no merging to do
+            info = images[root]
+            mods: dict[str, int] = info.modalities
+            datasets, sources = sorted(info.datasets), [info.source] if info.source else []
+        else:
+            mods = Counter()
+            ds: set[str] = set()
+            src: set[str] = set()
+            for k in ks:
+                mods.update(images[k].modalities)
+                ds |= images[k].datasets
+                if images[k].source:
+                    src.add(images[k].source)
+            datasets, sources = sorted(ds), sorted(src)
         modality = min(mods.items(), key=lambda kv: (-kv[1], kv[0]))[0] if mods else ""
-        groups.append(Group(root, keys, modality, sum(mods.values()), sorted(datasets), sorted(sources)))
+        groups.append(Group(root, ks, modality, sum(mods.values()), datasets, sources))
     groups.sort(key=lambda g: g.id)
     return groups
 
