@@ -97,6 +97,19 @@ def test_question_template_masks_content_words():
     assert t({"question": "Is this an MRI scan?", "answer": "no"}) == "is this _"  # modality words are masked
     assert t({"question": "Which organ is shown?", "answer": "liver"}) == "which organ is shown"
     assert t({"question": "How many nodules, 3 or 4?", "answer": "3"}) == "how many nodules _ or _"
+    # yes/no questions about an entity: the entity is masked when it is an answer or option anywhere
+    vocabulary = stats.answer_vocabulary([{"answer": "Brain", "options": ["Liver", "Lymph node"]}])
+    assert vocabulary == {"brain", "liver", "lymph", "node"}
+    yes_no_q = {
+        "question": "Is the lymph node shown in this image?",
+        "answer": "yes",
+        "options": ["yes", "no"],
+    }
+    assert t(yes_no_q, vocabulary) == "is _ shown in this image"
+    assert t(yes_no_q) == "is lymph node shown in this image"  # without a vocabulary the words stay
+    assert (
+        t({"question": "Is there a lesion?", "answer": "no", "options": ["yes", "no"]}) == "is there lesion"
+    )
 
 
 def test_diagnostics_flag_collapse():

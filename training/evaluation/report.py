@@ -79,13 +79,16 @@ def score_records(
     scored: list[dict[str, Any]] = []
     items: list[_Item] = []
     majority = stats.majority_answers(train_records if train_records else records)
-    train_templates = {stats.question_template(r) for r in train_records} if train_records else None
+    train_templates = None
+    if train_records:
+        vocabulary = stats.answer_vocabulary(train_records, records)
+        train_templates = {stats.question_template(r, vocabulary) for r in train_records}
     for record in records:
         correct, values = flags(record), scores(record)
         scored.append({**record, "correct": correct, "scores": {k: round(v, 6) for k, v in values.items()}})
         template_seen = None
         if train_templates is not None:
-            template_seen = stats.question_template(record) in train_templates
+            template_seen = stats.question_template(record, vocabulary) in train_templates
         items.append(
             _Item(
                 record=record,

@@ -76,20 +76,43 @@ _DIGITS = re.compile(r"^\d+(\.\d+)?$")
 _SYNONYM_WORDS = frozenset(word for canon in _table.SYNONYMS for word in canon.split())
 
 
-def question_template(record: Mapping[str, Any]) -> str:
+# Function words never masked even when some answer contains them ("fracture of the femur").
+_FUNCTION_WORDS = frozenset(
+    "of in on at to into with without and or nor for from by as is are was were be been this that these those it "
+    "its there what which where when how who whom whose why image images picture photo shown show shows seen "
+    "visible present does do did can could has have had not no yes".split()
+)
+
+
+def answer_vocabulary(*record_sets: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Content words: the normalized tokens of every answer and option in the given record sets, without
+    function words (``_FUNCTION_WORDS``, yes/no included)."""
+    words: set[str] = set()
+    for records in record_sets:
+        for record in records:
+            words.update(normalized_tokens(str(record.get("answer", ""))))
+            for option in record.get("options") or []:
+                words.update(normalized_tokens(str(option)))
+    return frozenset(words - _FUNCTION_WORDS)
+
+
+def question_template(record: Mapping[str, Any], content_words: frozenset[str] = frozenset()) -> str:
     """The question with its content words masked, to tell questions of a seen form from novel ones.
 
-    Rule: normalize the question (``normalize.py``), then replace by "_" every token that occurs in the record's
-    normalized answer or options, every number, and every word of a canonical synonym (modality names); runs of
-    "_" become one. "Is this a CT image?" and "Is this an MRI scan?" share the template "is this _"
-    ("ct image" and "mri scan" are synonyms of "ct" and "mri"); "Which organ is shown?" keeps its words.
+    Rule: normalize the question (``normalize.py``), then replace by "_" every token that is a content word
+    (``content_words``: ``answer_vocabulary`` of the training and evaluated sets, so that "Is brain shown?" and
+    "Is liver shown?" share a template when brain and liver are answers somewhere), a token of the record's own
+    answer or options, a number, or a word of a canonical synonym (modality names); runs of "_" become one.
+    "Is this a CT image?" and "Is this an MRI scan?" share the template "is this _" ("ct image" and "mri scan"
+    are synonyms of "ct" and "mri"); "Which organ is shown?" keeps its words.
     """
-    content: set[str] = set(normalized_tokens(str(record.get("answer", ""))))
+    own: set[str] = set(normalized_tokens(str(record.get("answer", ""))))
     for option in record.get("options") or []:
-        content.update(normalized_tokens(str(option)))
+        own.update(normalized_tokens(str(option)))
+    own -= {"yes", "no"}  # "is there a lesion" must keep its words when the options are yes/no
     out: list[str] = []
     for tok in normalized_tokens(str(record.get("question", ""))):
-        masked = tok in content or tok in _SYNONYM_WORDS or bool(_DIGITS.match(tok))
+        masked = tok in own or tok in content_words or tok in _SYNONYM_WORDS or bool(_DIGITS.match(tok))
         word = _MASK if masked else tok
         if not (word == _MASK and out and out[-1] == _MASK):
             out.append(word)
