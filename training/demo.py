@@ -126,7 +126,12 @@ def run(args: argparse.Namespace) -> int:
         for name in ["report.json", "report.md", *[p.name for p in eval_dir.glob("*.png")]]:
             shutil.copy2(eval_dir / name, model_dir / name)
         shutil.copy2(Path(recipe.output_dir) / "training_recipe.yaml", model_dir / "training_recipe.yaml")
-        card = write_card(model_dir, model_dir / "report.json", repo_id="your-name/medvqa-lite-tiny-demo")
+        card = write_card(
+            model_dir,
+            model_dir / "report.json",
+            repo_id="your-name/medvqa-lite-tiny-demo",
+            eval_dataset="medvqa-lite bundled samples (OmniMedVQA layout), held-out test split",
+        )
         print(f"      model card: {card}")
         return push_folder(model_dir, "your-name/medvqa-lite-tiny-demo", dry_run=True, log=lambda s: None)
 
