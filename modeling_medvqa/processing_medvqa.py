@@ -126,8 +126,8 @@ class MedVQAProcessor(ProcessorMixin):
         template = chat_template or self.chat_template
         if isinstance(template, dict):
             template = template.get("default", next(iter(template.values())))
-        tokens = tuple(self.tokenizer._get_control_tokens(template)) if mark is not None else ()
-        if mark is None or patterns is None:
+        control_tokens = getattr(self.tokenizer, "_get_control_tokens", None)
+        if mark is None or patterns is None or control_tokens is None:
             # An older transformers without the marking machinery: refuse rather than let user text forge tokens.
             specials = [t for t in self.tokenizer.all_special_tokens + [self.image_token] if t]
             for text in _iter_strings(conversation):
@@ -135,7 +135,7 @@ class MedVQAProcessor(ProcessorMixin):
                 if found:
                     raise ValueError(f"Message text contains the control token(s) {found}; remove them")
             return conversation
-        control_re, _ = patterns(tokens)
+        control_re, _ = patterns(tuple(control_tokens(template)))
         return mark(conversation, control_re)
 
     @property

@@ -176,7 +176,7 @@ def assemble_checkpoint(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    import modeling_medvqa
+    import modeling_medvqa  # noqa: F401  (its import registers the Auto classes: save_pretrained writes auto_map)
     from modeling_medvqa import MedVQAConfig, MedVQAForConditionalGeneration, MedVQAProcessor
     from modeling_medvqa.modeling_medvqa import MedVQAMultiModalProjector, MedVQAVisionTower
 
@@ -241,7 +241,6 @@ def assemble_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    del modeling_medvqa  # imported for its Auto registrations
     (out_dir / "medvqa_init.json").write_text(
         json.dumps({"vision": vision, "text": str(text), "dtype": dtype, "seed": seed}, indent=2) + "\n"
     )
