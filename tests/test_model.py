@@ -287,3 +287,23 @@ def test_image_modes_become_normalised_rgb(model_and_processor, mode):
     assert got.shape == (1, 3, 160, 160)
     # 16-bit data keeps its full range (PIL's own conversion would clip it to white).
     assert (got - want).abs().max().item() < 0.05
+
+
+def test_init_cli_builds_a_loadable_folder_and_rejects_bad_bases(tiny_bases, tmp_path, capsys):
+    from training.cli import main
+
+    out = tmp_path / "init"
+    assert main(["init", "--vision", tiny_bases["vision"], "--text", tiny_bases["text"], "--out", str(out),
+                 "--dtype", "float32"]) == 0  # fmt: skip
+    model = MedVQAForConditionalGeneration.from_pretrained(out)
+    assert model.config.image_token_id == MedVQAProcessor.from_pretrained(out).image_token_id
+    assert model.config.image_token_id >= model.config.text_config.vocab_size  # never an LM output
+    capsys.readouterr()
+    for vision, text, reason in [
+        (f"local-dir:{tmp_path / 'nowhere'}", tiny_bases["text"], "open_clip_config.json"),
+        ("not-an-id", tiny_bases["text"], "not an open_clip id"),
+        (tiny_bases["vision"], str(tmp_path), "no config.json"),
+    ]:
+        assert main(["init", "--vision", vision, "--text", text, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err
