@@ -26,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
         recipe.output_dir = args.output_dir
     stages = None if args.stage == "all" else [args.stage]
     results = run_training(recipe, stages, resume=args.resume, train_jsonl=args.data)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one summary, not one per rank
+        return 0
     for name, result in results.items():
         print(
             f"stage {name}: loss {result.first_loss:.4f} -> {result.last_loss:.4f}, "
