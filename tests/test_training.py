@@ -210,3 +210,12 @@ def test_three_stages_run_and_each_loss_falls(tmp_path: Path):
     )
     assert hasattr(adapter, "peft_config")
     assert not (results["joint"].adapter_dir / "training_args.bin").exists()
+
+
+def test_training_records_resolve_from_a_relative_jsonl_path(tmp_path: Path, monkeypatch):
+    from training.train.pipeline import read_train_records
+
+    write_colour_dataset(tmp_path / "out" / "data", n=3)
+    monkeypatch.chdir(tmp_path)
+    records, _ = read_train_records(Path("out") / "data" / "train.jsonl")
+    assert all(Path(r["image"]).is_absolute() and Path(r["image"]).is_file() for r in records)
