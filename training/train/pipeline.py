@@ -27,7 +27,7 @@ def read_train_records(path: str | Path) -> tuple[list[dict[str, Any]], Path]:
     """Training records with image paths made absolute (relative paths are relative to the JSONL's folder)."""
     from training.data.records import read_records, resolve_image
 
-    path = Path(path)
+    path = Path(path).resolve()  # absolute image paths: workers and later stages may run from another folder
     if not path.is_file():
         raise MedVQAUserError(
             path, "training data not found (run `medvqa data convert` first, or fix data.train)"
