@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from training.train.recipe import load_recipe
 
     _quiet_libraries()
-    out: Path = args.out
+    out: Path = args.out.resolve()  # the fresh-process step runs from another folder
     out.mkdir(parents=True, exist_ok=True)
     steps = _Steps()
     data_dir, open_dir = out / "data" / "samples", out / "data" / "open"
