@@ -22,7 +22,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "configuration" / "recipes" / "tiny_cpu.yaml"
-STEPS = 7
+STEPS = 6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
