@@ -12,6 +12,7 @@ same text from the same image features up to the vision towers' (random, differe
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,19 @@ def _vit_dims(shape: Shape) -> dict[str, int]:
     return dims
 
 
+@contextmanager
+def _built_in(dtype):
+    """Create parameters directly in ``dtype``: an 8B model built in fp32 then cast would need 48 GB on the way."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_ours(shape: Shape, dtype, device: str = "cpu", attn: str = "sdpa"):
     """Our model with random weights at ``shape``; returns (model, config)."""
     import torch
@@ -105,7 +119,7 @@ def build_ours(shape: Shape, dtype, device: str = "cpu", attn: str = "sdpa"):
     )
     config.text_config._attn_implementation = attn
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(device), _built_in(dtype):
         model = MedVQAForConditionalGeneration(config).to(dtype)
     model.config._attn_implementation = attn
     return model, config
@@ -139,7 +153,7 @@ def build_llava(shape: Shape, ours, dtype, device: str = "cpu", attn: str = "sdp
     config.text_config._attn_implementation = attn
     config.vision_config._attn_implementation = attn
     torch.manual_seed(1)
-    with torch.device(device):
+    with torch.device(device), _built_in(dtype):
         llava = LlavaForConditionalGeneration(config).to(dtype)
     llava.model.language_model.load_state_dict(ours.model.language_model.state_dict())
     llava.model.multi_modal_projector.load_state_dict(ours.model.multi_modal_projector.state_dict())

@@ -782,7 +782,7 @@ def format_plan(plan: Plan, largest: int) -> str:
         )
         + f", gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}",
         "",
-        f"  {'component':<34}{'GiB/GPU':>8}  share",
+        f"  {'component':<42}{'GiB/GPU':>8}  share",
     ]
     labels = {
         "weights": f"weights ({plan.dtype})",
@@ -793,14 +793,14 @@ def format_plan(plan: Plan, largest: int) -> str:
         + (" (fused head, beyond working set)" if plan.fused_lm_head else " (plain, beyond working set)"),
         "overhead": "CUDA/framework overhead",
     }
-    rows = [f"  {labels[k]:<34}{_gib(v)}  {100 * v / plan.total:4.1f}%" for k, v in plan.breakdown.items()]
+    rows = [f"  {labels[k]:<42}{_gib(v)}  {100 * v / plan.total:4.1f}%" for k, v in plan.breakdown.items()]
     other_act = (
         plan.activations_no_checkpointing if plan.gradient_checkpointing else plan.activations_checkpointing
     )
     tail = [
-        f"  {'total':<34}{_gib(plan.total)}",
-        f"  {'GPU memory':<34}{_gib(plan.gpu_memory_bytes)}",
-        f"  {'headroom':<34}{_gib(plan.headroom)}",
+        f"  {'total':<42}{_gib(plan.total)}",
+        f"  {'GPU memory':<42}{_gib(plan.gpu_memory_bytes)}",
+        f"  {'headroom':<42}{_gib(plan.headroom)}",
         "",
         f"  activations {'without' if plan.gradient_checkpointing else 'with'} gradient checkpointing would be "
         f"{other_act / GIB:.2f} GiB; plain logits {plan.logits_plain / GIB:.2f} GiB "
