@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             log(
                 f"preprocess ({r['images']} images): ours {r['ours_images_per_s']:.1f} img/s, open_clip "
                 f"{r['open_clip_images_per_s']:.1f} img/s, ratio {r['ratio']:.3f} (batched {r['batched']['ratio']:.3f}; "
-                f"proposed gray fix {r['proposed_gray_fix']['ratio']:.3f})"
+                f"max |diff| vs open_clip {r['max_abs_diff_vs_open_clip']:.2g})"
             )
             d = dicom(1 if args.smoke else 3, n=10 if args.smoke else 50)
             results["dicom"] = d

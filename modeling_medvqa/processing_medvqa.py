@@ -99,6 +99,9 @@ class MedVQAProcessor(ProcessorMixin):
         """Tokenize prompts (placeholders expanded) and preprocess images; see ``ProcessorMixin.__call__``."""
         if images is not None:
             images = _images_to_8bit(images)
+            shortest = (getattr(self.image_processor, "size", None) or {}).get("shortest_edge")
+            if shortest:
+                images = _resize_gray_first(images, shortest)
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
             if _MARK_START is not None and any(_MARK_START in t for t in texts):
@@ -164,6 +167,30 @@ def _to_8bit(image):
     low, high = float(array.min()), float(array.max())
     scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
     return Image.fromarray(scaled.round().astype(np.uint8))
+
+
+def _resize_gray_first(images, shortest_edge: int):
+    """8-bit gray PIL images: bicubic resize of the one channel first, then RGB (as open_clip's transform does).
+
+    Converting a 2048 x 1792 radiograph to RGB before resizing triples the pixels the resize must touch; the
+    image processor's own resize of the result is then a no-op in size.  Sizes follow torchvision's
+    ``Resize(int)`` rule (shortest side = ``shortest_edge``, the other truncated), which BiomedCLIP's
+    preprocessing uses, so the pixels match open_clip's.
+    """
+    from PIL import Image
+
+    if isinstance(images, (list, tuple)):
+        return [_resize_gray_first(image, shortest_edge) for image in images]
+    if not isinstance(images, Image.Image) or images.mode != "L":
+        return images
+    width, height = images.size
+    if width <= height:
+        size = (shortest_edge, int(shortest_edge * height / width))
+    else:
+        size = (int(shortest_edge * width / height), shortest_edge)
+    if size != images.size:
+        images = images.resize(size, Image.BICUBIC)
+    return images.convert("RGB")
 
 
 def _images_to_8bit(images):

@@ -307,3 +307,26 @@ def test_init_cli_builds_a_loadable_folder_and_rejects_bad_bases(tiny_bases, tmp
         assert main(["init", "--vision", vision, "--text", text, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and reason in err
+
+
+def test_gray_images_resize_before_rgb_like_open_clip(model_and_processor, tmp_path):
+    """The loader keeps 8-bit gray in mode L for the processor, which resizes first: open_clip's exact pixels."""
+    import open_clip
+
+    from training.images import load_medical_image
+
+    _, processor = model_and_processor
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (300, 420), dtype=np.uint8)).save(tmp_path / "gray.png")
+    gray = load_medical_image(tmp_path / "gray.png", keep_gray=True)
+    assert gray.mode == "L" and load_medical_image(tmp_path / "gray.png").mode == "RGB"
+    size = processor.image_processor.size["shortest_edge"]
+    transform = open_clip.image_transform(
+        size,
+        is_train=False,
+        mean=processor.image_processor.image_mean,
+        std=processor.image_processor.image_std,
+    )
+    ours = processor(images=[gray], return_tensors="pt")["pixel_values"][0]
+    theirs = transform(Image.open(tmp_path / "gray.png"))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

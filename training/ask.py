@@ -84,7 +84,9 @@ def answer_questions(
 def run(args: argparse.Namespace) -> int:
     from training.images import load_medical_image
 
-    image = load_medical_image(args.image, frame=args.frame, axis=args.axis, slice_index=args.slice_index)
+    image = load_medical_image(
+        args.image, frame=args.frame, axis=args.axis, slice_index=args.slice_index, keep_gray=True
+    )
     model, processor = load_model(args.model)
     for question, answer in zip(
         args.question,

@@ -63,6 +63,7 @@ def load_medical_image(
     slice_index: int | None = None,
     window: tuple[float, float] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_gray: bool = False,
 ) -> Image.Image:
     """Load a medical image file (or an open PIL image / numpy array) as an RGB PIL image.
 
@@ -76,10 +77,29 @@ def load_medical_image(
             file's window / the percentile window of gray DICOM, NIfTI and 16-bit images (e.g. ``(40, 80)``
             brain, ``(600, 2800)`` bone).  8-bit and colour images are returned as they are.
         max_pixels: largest accepted number of pixels in the 2-D image (decompression-bomb guard).
+        keep_gray: return 8-bit gray images in mode ``L`` instead of RGB.  ``MedVQAProcessor`` resizes them
+            first and converts after, as open_clip's transform does: a third of the pixels to resize.
 
     Raises:
         ImageLoadError: the input cannot be read as an image; the message names the path and the reason.
     """
+    image = _load(path, frame=frame, axis=axis, slice_index=slice_index, window=window, max_pixels=max_pixels)
+    # Every gray path ends here, in one place: RGB for callers, mode L for the processor's resize-first path.
+    if image.mode == "L" and not keep_gray:
+        return image.convert("RGB")
+    return image
+
+
+def _load(
+    path: ImageInput,
+    *,
+    frame: int | None = None,
+    axis: int | None = None,
+    slice_index: int | None = None,
+    window: tuple[float, float] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """The loader proper: RGB, or 8-bit gray still in mode L (converted by the caller)."""
     if isinstance(path, Image.Image):
         return _pil_to_rgb(path, "<PIL image>", frame, max_pixels, window)
     if isinstance(path, np.ndarray):
@@ -153,7 +173,9 @@ def _pil_to_rgb(
     mode = im.mode
     if mode == "RGB":
         return im  # no copy: Image.convert("RGB") on an RGB image would copy it
-    if mode in ("L", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+    if mode == "L":
+        return im  # load_medical_image converts (or, with keep_gray, the processor after resizing)
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "1"):
         return im.convert("RGB")
     if mode == "P":
         if "transparency" in im.info:
@@ -192,9 +214,9 @@ def _array_to_rgb(arr: np.ndarray, subject: object, window: tuple[float, float] 
         arr = arr[:, :, 0]
     if arr.ndim == 2:
         if arr.dtype == np.uint8:
-            return Image.fromarray(arr, "L").convert("RGB")
+            return Image.fromarray(arr, "L")
         lo, hi = _explicit_window(window) if window else _percentile_window(arr)
-        return Image.fromarray(_window(arr, lo, hi), "L").convert("RGB")
+        return Image.fromarray(_window(arr, lo, hi), "L")
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         if arr.dtype != np.uint8:
             arr = _to_uint8_colour(arr)
@@ -286,7 +308,7 @@ def _load_dicom(
         arr = apply_color_lut(arr, ds)
     if arr.ndim == 3:  # colour: pydicom already converted YBR to RGB
         return _array_to_rgb(arr, p)
-    return Image.fromarray(_dicom_gray_to_uint8(arr, ds, index, photometric, window), "L").convert("RGB")
+    return Image.fromarray(_dicom_gray_to_uint8(arr, ds, index, photometric, window), "L")
 
 
 def _decode_dicom(p: Path, ds: Any, index: int | None) -> np.ndarray:
@@ -479,4 +501,4 @@ def _load_nifti(
         arr = arr[:, ::-1]
     arr = arr.T[::-1, ::-1]
     lo, hi = _explicit_window(window) if window else _percentile_window(arr)
-    return Image.fromarray(_window(arr, lo, hi), "L").convert("RGB")
+    return Image.fromarray(_window(arr, lo, hi), "L")

@@ -174,7 +174,7 @@ class ImageLoader:
     def _load_path(self, path: str):
         from training.images import load_medical_image
 
-        return load_medical_image(path)
+        return load_medical_image(path, keep_gray=True)  # the processor resizes gray first
 
     def path(self, record: Mapping[str, Any]) -> Path:
         """The record's image path, relative paths taken from the JSONL's folder."""

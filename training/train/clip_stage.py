@@ -69,7 +69,9 @@ class ClipCollator:
     def __call__(self, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
         from training.images import load_medical_image
 
-        pixels = torch.stack([self.transform(load_medical_image(e["image"])) for e in examples])
+        pixels = torch.stack(
+            [self.transform(load_medical_image(e["image"], keep_gray=True)) for e in examples]
+        )
         return {"pixel_values": pixels, "text": self.text_tokenizer([e["caption"] for e in examples])}
 
 

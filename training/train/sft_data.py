@@ -44,7 +44,7 @@ def build_sft_dataset(records: Iterable[Mapping[str, Any]], base_dir: str | Path
 def _default_loader(path: str):
     from training.images import load_medical_image
 
-    return load_medical_image(path)
+    return load_medical_image(path, keep_gray=True)  # the processor resizes gray first
 
 
 @dataclass
