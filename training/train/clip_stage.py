@@ -12,7 +12,6 @@ id) and ``model/`` (the MedVQA checkpoint whose vision tower now holds the tuned
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,9 @@ from torch import nn
 from training.train.checkpoints import (
     CompleteCheckpointMixin,
     ModuleLearningRatesMixin,
-    last_complete_checkpoint,
 )
 from training.train.recipe import Recipe
-from training.train.sft_stages import StageResult
+from training.train.sft_stages import StageResult, train_stage
 
 
 class OpenClipContrastive(nn.Module):
@@ -147,17 +145,7 @@ def run_clip_stage(
     )
     if stage.vision_learning_rate is not None:
         trainer.module_learning_rates = {"clip.visual.": stage.vision_learning_rate}
-    checkpoint = last_complete_checkpoint(output_dir) if resume else None
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    result = StageResult(
-        stage="clip",
-        output_dir=output_dir,
-        losses=[h["loss"] for h in trainer.state.log_history if "loss" in h],
-        train_samples_per_second=output.metrics.get("train_samples_per_second"),
-        train_runtime_s=time.perf_counter() - started,
-        resumed_from=checkpoint,
-    )
+    result = train_stage(trainer, "clip", output_dir, resume)
     result.model_dir = output_dir / "model"
     if state.is_main_process:
         from training.init_checkpoint import copy_trunk_into_tower

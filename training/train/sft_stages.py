@@ -51,6 +51,21 @@ class StageResult:
         return self.losses[-1] if self.losses else None
 
 
+def train_stage(trainer, stage: str, output_dir: Path, resume: bool) -> StageResult:
+    """Run ``trainer`` (from the last complete checkpoint when ``resume``) and report how the stage went."""
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return StageResult(
+        stage=stage,
+        output_dir=output_dir,
+        losses=[h["loss"] for h in trainer.state.log_history if "loss" in h],
+        train_samples_per_second=output.metrics.get("train_samples_per_second"),
+        train_runtime_s=time.perf_counter() - started,
+        resumed_from=checkpoint,
+    )
+
+
 def _sft_trainer_class():
     from trl import SFTTrainer
 
@@ -187,17 +202,7 @@ def run_sft_stage(
         callbacks=callbacks,
     )
     trainer.module_learning_rates = rates
-    checkpoint = last_complete_checkpoint(output_dir) if resume else None
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    result = StageResult(
-        stage=stage,
-        output_dir=output_dir,
-        losses=[h["loss"] for h in trainer.state.log_history if "loss" in h],
-        train_samples_per_second=output.metrics.get("train_samples_per_second"),
-        train_runtime_s=time.perf_counter() - started,
-        resumed_from=checkpoint,
-    )
+    result = train_stage(trainer, stage, output_dir, resume)
     result.adapter_dir = output_dir / "adapter"
     trainer.save_model(str(result.adapter_dir))
     if trainer.accelerator.is_main_process:
