@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import MedVQAUserError
+from training.prompts import user_messages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,18 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model(model: str | Path):
     """Model + processor through the Auto classes, as a user would load a pushed checkpoint."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from training.evaluation.evaluate import load_model as load_for_inference
 
     path = Path(model)
     looks_local = path.exists() or str(model).startswith((".", "/", "~"))
     if looks_local and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise MedVQAUserError(model, "not a model folder (no config.json or adapter_config.json)")
     try:
-        loaded = AutoModelForImageTextToText.from_pretrained(str(model), trust_remote_code=True).eval()
-        processor = AutoProcessor.from_pretrained(str(model), trust_remote_code=True)
+        return load_for_inference(model)
     except OSError as exc:  # a Hub id that cannot be reached or does not exist
         raise MedVQAUserError(model, f"cannot load the model ({str(exc).splitlines()[0]})") from None
-    return loaded, processor
 
 
 def answer_questions(
@@ -56,13 +55,7 @@ def answer_questions(
 
     if not questions or any(not q.strip() for q in questions):
         raise MedVQAUserError("--question", "empty question")
-    prompts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-            add_generation_prompt=True,
-        )
-        for q in questions
-    ]
+    prompts = [processor.apply_chat_template(user_messages(q), add_generation_prompt=True) for q in questions]
     # The standard processor path (placeholders expanded, left padding); its pixel_values are k copies of one
     # image, of which only the first is encoded.
     batch = processor(images=[image] * len(prompts), text=prompts, return_tensors="pt", padding=True)

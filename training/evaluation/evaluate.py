@@ -20,6 +20,7 @@ from typing import Any
 from training.data.records import resolve_image
 from training.errors import MedVQAUserError
 from training.evaluation.records_io import read_jsonl, read_jsonl_lines, write_jsonl
+from training.prompts import user_messages
 
 DATA_FIELDS = ("question", "answer", "image")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -156,11 +157,6 @@ def load_model(model_dir: str | Path, device: str | None = None, dtype: str = "a
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(device).eval()
     processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
     return model, processor
-
-
-def user_messages(question: str) -> list[dict[str, Any]]:
-    """The one user turn training used: the image, then the question (see training/train/sft_data.py)."""
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
 class ImageLoader:
