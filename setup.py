@@ -30,7 +30,11 @@ setup(
     ],
     extras_require={
         "train": ["trl>=1.16", "peft>=0.17", "accelerate>=1.10", "deepspeed>=0.17", "tensorboard"],
-        "dev": ["pytest", "ruff"],
+        # 4/8-bit inference and QLoRA (bitsandbytes ships a CPU backend, so the tests run it here too)
+        "quant": ["bitsandbytes>=0.45"],
+        # the web app (medvqa app) and its Space
+        "app": ["gradio>=5.0", "gradio_client>=1.0"],
+        "dev": ["pytest", "ruff", "hypothesis", "playwright"],
     },
     entry_points={"console_scripts": ["medvqa=training.cli:main"]},
 )
