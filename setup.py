@@ -27,6 +27,7 @@ setup(
         "datasets>=3.0",
         "pyyaml",
         "matplotlib",
+        "scipy",  # exact McNemar test and the paired bootstrap of eval / compare
     ],
     extras_require={
         "train": ["trl>=1.16", "peft>=0.17", "accelerate>=1.10", "deepspeed>=0.17", "tensorboard"],

@@ -44,7 +44,7 @@ SCORER_RULES = {
     "normalized_exact": "lower case, punctuation/articles/extra spaces removed, synonyms (modality names, number "
     "words) mapped, then equal",
     "yes_no": "exactly one of yes/no in the normalized prediction, and it equals the answer",
-    "contains": "the normalized answer occurs in the normalized prediction (LLaVA-Med's open accuracy)",
+    "contains": "the normalized answer occurs in the normalized prediction as whole words (a substring test)",
     "token_recall": "share of the answer's tokens found in the prediction (LLaVA-Med's recall)",
     "token_f1": "SQuAD-style token F1 between prediction and answer (as in MedGemma's card)",
     "mc_qa_score": "OmniMedVQA's rule: the original option closest to the prediction (difflib ratio) is the answer",

@@ -168,6 +168,50 @@ def test_report_hand_worked_numbers():
     assert flags3["yes_no"] is False and flags3["contains"] is True
 
 
+def test_majority_baselines_per_question_type_and_modality():
+    def rec(i, qtype, modality, answer):
+        return _rec(i, "q?", answer, "", qtype=qtype, modality=modality)
+
+    train = [rec(1, "Modality", "CT", "CT"), rec(2, "Modality", "CT", "CT"), rec(3, "Modality", "MRI", "MRI"),
+             rec(4, "Organ", "MRI", "brain"), rec(5, "Organ", "MRI", "brain")]  # fmt: skip
+    test = [rec(11, "Modality", "MRI", "MRI"), rec(12, "Modality", "CT", "CT"), rec(13, "Organ", "MRI", "brain"),
+            rec(14, "Organ", "CT", "liver")]  # fmt: skip
+    report = score_records(test, train).report
+    baselines = report["baselines"]
+    # open majority: ct 2, brain 2 -> "brain" (alphabetical): right on 13 only
+    assert baselines["majority_answer"]["accuracy"] == 1 / 4
+    # per question type: Modality -> ct (right on 12), Organ -> brain (right on 13)
+    assert baselines["majority_by_question_type"]["accuracy"] == 2 / 4
+    assert baselines["majority_by_question_type"]["by_question_type"]["Organ"]["accuracy"] == 1 / 2
+    # per modality: CT -> ct (right on 12), MRI -> brain (2 of 3; right on 13)
+    assert baselines["majority_by_modality"]["accuracy"] == 2 / 4
+    assert report["grouped_baseline_answers"]["majority_by_modality"]["MRI|open"] == "brain"
+    # a group the training set lacks falls back to the answer type's majority
+    unseen = score_records([rec(21, "Stain", "Microscopy", "brain")], train).report["baselines"]
+    assert unseen["majority_by_question_type"]["accuracy"] == 1.0
+
+
+def test_closed_open_by_the_benchmarks_own_label_and_unscorable_counts():
+    records = [
+        {**_rec(1, "Which side?", "left", "left", dataset="SLAKE"), "answer_type_raw": "CLOSED"},
+        {**_rec(2, "Is it normal?", "yes", "no", dataset="SLAKE"), "answer_type_raw": "CLOSED"},
+        {**_rec(3, "What organ?", "liver", "liver", dataset="SLAKE"), "answer_type_raw": "OPEN"},
+        _rec(4, "Which modality?", "Mr", "MR", dataset="OmniMedVQA", options=["mr", "MR ", "CT"]),
+        _rec(5, "Which modality?", "CT", "CT", dataset="OmniMedVQA", options=["CT", "MRI"]),
+    ]
+    report = score_records(records).report
+    closed = report["benchmark_answer_type"]["closed"]
+    assert (
+        closed["n"] == 2 and closed["accuracy"] == 0.5
+    )  # "left" is closed for SLAKE, open by our yes/no type
+    assert report["yes_no"]["n"] == 1
+    assert report["by_dataset"]["SLAKE"]["benchmark_answer_type"]["open"]["n"] == 1
+    assert "benchmark_answer_type" not in report["by_dataset"]["OmniMedVQA"]
+    assert report["not_scorable"] == {"mc_qa_score": {"ambiguous_gold_option": 1}}
+    assert report["mc_qa_inputs"] == {"raw": 0, "cleaned": 1}
+    assert report["scorers"]["mc_qa_score"]["n"] == 1
+
+
 def test_report_without_train_uses_the_evaluated_set():
     report = score_records(PREDICTIONS).report
     assert report["baseline_source"] == "evaluated set"
@@ -229,6 +273,16 @@ def test_score_cli_writes_everything(tmp_path, capsys):
         ('["yes"]\n', "p.jsonl:1", "expected a JSON object"),
         ('{"answer": "yes", "prediction": null}\n', "p.jsonl:1", '"prediction" must be a string'),
         ('{"answer": "yes", "prediction": "y", "answer_type": "closed"}\n', "p.jsonl:1", "answer_type"),
+        (
+            '{"answer": "CT", "prediction": "CT", "options": ["CT", "MRI"], "mc_prefix_choice": -1}\n',
+            "p.jsonl:1",
+            "mc_prefix_choice",
+        ),
+        (
+            '{"answer": "CT", "prediction": "CT", "options": ["CT", "MRI"], "mc_prefix_choice": 2}\n',
+            "p.jsonl:1",
+            "mc_prefix_choice",
+        ),
     ],
 )
 def test_score_cli_user_errors(tmp_path, capsys, content, where, reason):

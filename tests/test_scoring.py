@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import random
 
 import pytest
+from omnimedvqa_reference import omni_item as _omni_item
+from omnimedvqa_reference import ref_is_correct as _ref_is_correct
 
 from training.evaluation import normalize as normalize_mod
 from training.evaluation import synonyms
@@ -14,12 +15,16 @@ from training.evaluation.scorers import (
     SCORERS,
     contains,
     flags,
+    gold_indices,
     gold_option,
+    mc_inputs,
     mc_qa_choice,
     normalized_exact,
     token_f1,
     token_recall,
+    unscorable,
     yes_no,
+    yes_no_first,
 )
 
 
@@ -103,6 +108,16 @@ def test_synonym_table_rejects_unnormalized_canonical(monkeypatch):
         ("liver and kidney", "liver", False),
         ("", "liver", False),  # empty prediction
         ("MRA", "MRI", False),
+        # issue 12 (3): an article that is the whole content, or last, is content
+        ("", "A", False),
+        ("A", "A", True),
+        ("Hepatitis", "Hepatitis A", False),
+        ("hepatitis A.", "Hepatitis A", True),
+        ("The", "", False),
+        # issue 12 (6): a thousands comma
+        ("1,000", "1000", True),
+        ("12,345 cells", "12345 cells", True),
+        ("1,5", "15", False),  # not a thousands separator
     ],
 )
 def test_normalized_exact(prediction, answer, expected):
@@ -139,10 +154,37 @@ def test_yes_no(prediction, answer, expected):
         ("upper lobe", "left upper lobe", False),  # the whole phrase must occur
         ("", "liver", False),  # empty prediction
         ("liver", "", False),  # empty answer is never found
+        ("A", "A", True),  # issue 12 (3): the answer "A" is found in "A"
+        ("type A", "A", True),
+        ("", "A", False),
     ],
 )
 def test_contains(prediction, answer, expected):
     assert contains(prediction, answer) is expected
+
+
+def test_empty_prediction_against_an_article_answer_scores_zero():
+    # issue 12 (3): "" vs "A" used to give recall and F1 1.0 (both sides emptied by article removal)
+    assert token_recall("", "A") == 0.0
+    assert token_f1("", "A") == 0.0
+    assert token_recall("A", "A") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer", "strict", "lenient"),
+    [
+        ("Yes, there is a mass with no calcification.", "yes", False, True),  # issue 12 (6)
+        ("No, yes", "no", False, True),
+        ("No, yes", "yes", False, False),
+        ("yes", "yes", True, True),
+        ("It is not visible", "no", False, False),  # neither word: wrong under both
+        ("", "no", False, False),
+        ("yes", "liver", None, None),
+    ],
+)
+def test_yes_no_strict_and_first_word(prediction, answer, strict, lenient):
+    assert yes_no(prediction, answer) is strict
+    assert yes_no_first(prediction, answer) is lenient
 
 
 def test_token_recall_and_f1_hand_worked():
@@ -155,6 +197,8 @@ def test_token_recall_and_f1_hand_worked():
     assert token_f1("Effusion in the left lung", "pleural effusion") == pytest.approx(1 / 3)
     # multiplicity counts once per matching pair: [1, 1] vs [1]: common 1 -> P 1/2, R 1, F1 2/3
     assert token_f1("one one", "1") == pytest.approx(2 / 3)
+    # a repeated prediction word is matched once per answer occurrence (LLaVA-Med's recall would give 2/3)
+    assert token_recall("left left", "left lung") == pytest.approx(0.5)
     # synonyms count as the same token
     assert token_recall("magnetic resonance imaging", "MRI") == 1.0
     # empty prediction
@@ -171,49 +215,6 @@ def test_token_flags_use_the_threshold():
 
 
 # --- OmniMedVQA's question-answering rule -----------------------------------------------------------------------
-
-# Reference: a faithful transcription of OmniMedVQA's scoring, from OpenGVLab/Multi-Modality-Arena,
-# MedicalEval/Question-answering_Score/utils/medicalqa.py (str_similarity, find_most_similar_index and the
-# per-item body of MedicalEval). Kept as published, including the bare except that counts a failure as wrong.
-
-
-def _ref_str_similarity(str1, str2):
-    seq = difflib.SequenceMatcher(None, str1, str2)
-    return seq.ratio()
-
-
-def _ref_find_most_similar_index(str_list, target_str):
-    most_similar_str = None  # noqa: F841 (as published)
-    most_similar_index = None
-    highest_similarity = 0
-    for i, str in enumerate(str_list):  # noqa: A001 (as published)
-        similarity = _ref_str_similarity(str, target_str)
-        if similarity > highest_similarity:
-            most_similar_str = str  # noqa: F841
-            most_similar_index = i
-            highest_similarity = similarity
-    return most_similar_index
-
-
-def _ref_is_correct(data):
-    """One item of MedicalEval: True when counted in ``succ``."""
-    try:
-        a, b, c, d = data.get("option_A"), data.get("option_B"), data.get("option_C"), data.get("option_D")
-        answer_list = [a, b]
-        if c is not None:
-            answer_list.append(c)
-        if d is not None:
-            answer_list.append(d)
-        return answer_list[_ref_find_most_similar_index(answer_list, data["model_pred"])] == data["gt_answer"]
-    except Exception:  # the published code: `except: continue` -> not counted as correct
-        return False
-
-
-def _omni_item(options, gt, prediction):
-    item = {"gt_answer": gt, "model_pred": prediction}
-    for letter, option in zip("ABCD", options):
-        item[f"option_{letter}"] = option
-    return item
 
 
 def _fixture():
@@ -258,12 +259,50 @@ def test_mc_qa_hand_worked():
     assert flags(_record("", "CT", options=["CT", "MRI"]))["mc_qa_score"] is False
 
 
-def test_gold_option_tolerates_a_cleaned_answer():
-    # convert may strip "Dermoscopy." to "Dermoscopy" while the options stay raw
-    assert gold_option(["Dermoscopy.", "CT"], "Dermoscopy") == "Dermoscopy."
+def test_gold_option_by_light_cleaning_only():
+    # issue 12 (2): with full normalisation "RIGHT." could never be it, but "MR" -> "mri" made MRI look gold
+    assert gold_option(["RIGHT.", "MRI", "MR  "], "MR") == "MR  "
+    assert gold_indices(["RIGHT.", "MRI", "MR  "], "MR") == ((2,), None)
     assert gold_option(["CT", "MRI"], "CT") == "CT"
-    assert gold_option(["CT", "MRI"], "yes") is None
-    assert flags(_record("Dermoscopy.", "Dermoscopy", options=["Dermoscopy.", "CT"]))["mc_qa_score"] is True
+    assert gold_indices(["CT", "MRI"], "yes") == ((), "no_gold_option")
+    # "Dermoscopy." vs "Dermoscopy" differ by more than case and outer spaces: not scorable, never guessed
+    assert gold_indices(["Dermoscopy.", "CT"], "Dermoscopy") == ((), "no_gold_option")
+    assert gold_indices(["mr", "MR ", "CT"], "Mr") == ((), "ambiguous_gold_option")
+    # the answer string itself wins over a case variant, as OmniMedVQA's `answer_list[i] == gt_answer`
+    assert gold_indices(["mr", "MR", "CT"], "MR") == ((1,), None)
+    assert gold_indices(["Benign", "Benign", "CT"], "Benign") == ((0, 1), None)  # the same text twice
+
+
+def test_mc_qa_score_uses_the_raw_release_strings():
+    # issue 12 (1): right under the official rule on the raw options, wrong on the cleaned ones
+    raw = ["CT(Computed Tomography)", "MR (Mag-netic Resonance Imaging)", "X-Ray", "Ultrasound"]
+    rec = _record(
+        "magnetic resonance imaging",
+        "MRI",
+        options=["CT", "MRI", "X-Ray", "Ultrasound"],
+        options_raw=raw,
+        answer_raw="MR (Mag-netic Resonance Imaging)",
+    )
+    assert flags(rec)["mc_qa_score"] is True
+    cleaned = {k: v for k, v in rec.items() if k not in ("options_raw", "answer_raw")}
+    assert flags(cleaned)["mc_qa_score"] is False  # "magnetic resonance imaging" is nearest to "Ultrasound"
+    assert mc_inputs(rec)[2] == "raw" and mc_inputs(cleaned)[2] == "cleaned"
+
+
+def test_unscorable_records_say_why():
+    rec = _record("MR", "MR", options=["mr", "MR ", "CT"])
+    assert "mc_qa_score" not in flags(rec)
+    assert unscorable(rec) == {"mc_qa_score": "ambiguous_gold_option"}
+    rec = _record("x", "Brain", options=["CT", "MRI"], mc_prefix_choice=0)
+    assert unscorable(rec) == {"mc_qa_score": "no_gold_option", "mc_prefix_score": "no_gold_option"}
+    assert unscorable(_record("yes", "yes")) == {}
+
+
+@pytest.mark.parametrize("choice", [-1, 3, 5, True, 1.0, "1"])
+def test_mc_prefix_choice_is_validated(choice):
+    # issue 12 (4): -1 used to pick the last option silently, 5 raised IndexError
+    with pytest.raises(ValueError, match="mc_prefix_choice"):
+        flags(_record("x", "MRI", options=["CT", "MRI", "X-Ray"], mc_prefix_choice=choice))
 
 
 # --- which rules apply -----------------------------------------------------------------------------------------
@@ -273,7 +312,14 @@ def test_flags_apply_only_where_the_record_allows():
     open_rec = _record("liver", "liver")
     assert set(flags(open_rec)) == {"normalized_exact", "contains", "token_recall", "token_f1"}
     yn = _record("yes", "yes", options=["CT", "MRI"])  # options that do not contain the answer: no mc rule
-    assert set(flags(yn)) == {"normalized_exact", "yes_no", "contains", "token_recall", "token_f1"}
+    assert set(flags(yn)) == {
+        "normalized_exact",
+        "yes_no",
+        "yes_no_first",
+        "contains",
+        "token_recall",
+        "token_f1",
+    }
     mc = _record("MRI", "MRI", options=["CT", "MRI"])
     assert "mc_qa_score" in flags(mc) and "mc_prefix_score" not in flags(mc)
 
@@ -289,6 +335,7 @@ def test_registry_names_every_rule():
     assert list(SCORERS) == [
         "normalized_exact",
         "yes_no",
+        "yes_no_first",
         "contains",
         "token_recall",
         "token_f1",

@@ -25,7 +25,9 @@ converted
     the rest.  The question is rewritten by the rules Q1-Q4 of ``training.data.questions`` when it leans on
     its options; the answer is ``gt_answer`` cleaned (``training.data.records.clean_answer``), letter answers
     mapped to option text (A2), and -- rule A5 -- for "Modality Recognition" questions the answer and options
-    that name a modality are written as the canonical modality name (``x_ray.`` -> ``X-Ray``).  Counts of
+    that name a modality are written as the canonical modality name (``x_ray.`` -> ``X-Ray``).  Records with
+    options also keep the release's strings untouched as ``options_raw`` (``option_A`` .. in order, duplicates
+    and typos included) and ``answer_raw`` (``gt_answer``): OmniMedVQA's official score runs on those.  Counts of
     every rule applied are in ``manifest.json`` under ``rewrites``.
 
 Images are checked (exists, non-empty, known format) and hashed (SHA-256 of the bytes) so that identical
@@ -258,6 +260,11 @@ def convert_rows(
             "source": image_source or qa_file,
             "split": "",
         }
+        # The release's own strings, untouched, for OmniMedVQA's official rule (mc_qa_score), which compares
+        # raw options with the raw gt_answer; the cleaned options above are what the model and the report see.
+        raw_options = [v for v in map(get, OPTION_KEYS) if type(v) is str]
+        if raw_options:
+            rec["options_raw"], rec["answer_raw"] = raw_options, gt
         prev = seen_ids.get(qid)
         if prev is not None:
             if prev == dataset:

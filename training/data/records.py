@@ -15,7 +15,8 @@ A record is one question about one image, one JSON object per line::
   ``QA_information/Open-access/ACRIMA.json``, ``vqa-rad:test-00000-of-00001.parquet``).
 * ``split``: ``train`` / ``val`` / ``test`` (imports keep the benchmark's own split names).
 
-Records may carry extra keys (``reason``/``detail`` in ``needs_review.jsonl`` and ``rejected.jsonl``,
+Records may carry extra keys (``options_raw`` / ``answer_raw``: the OmniMedVQA release's own option strings and
+``gt_answer``, untouched, for its official score; ``reason``/``detail`` in ``needs_review.jsonl`` and ``rejected.jsonl``,
 ``prediction`` in predictions); readers ignore keys they do not know.
 """
 

@@ -44,6 +44,27 @@ def _table(rows: Sequence[tuple[str, Mapping[str, Any]]], scorer_names: Sequence
     return lines
 
 
+_BASELINE_LABELS = {
+    "majority_answer": "most frequent answer of the answer type",
+    "majority_by_question_type": "most frequent answer of the question type (and answer type)",
+    "majority_by_modality": "most frequent answer of the modality (and answer type)",
+}
+
+
+def _baseline_lines(report: Mapping[str, Any]) -> list[str]:
+    """Majority baselines side by side, overall and per question type."""
+    baselines = report.get("baselines", {})
+    names = [name for name in _BASELINE_LABELS if name in baselines]
+    lines = ["## Majority baselines", "", "| | " + " | ".join(f"`{n}` %" for n in names) + " |"]
+    lines.append("|---|" + "---|" * len(names))
+    lines.append("| overall | " + " | ".join(_acc(baselines[n]) for n in names) + " |")
+    for qtype in report.get("by_question_type", {}):
+        cells = [_acc(baselines[n].get("by_question_type", {}).get(qtype, {"n": 0})) for n in names]
+        lines.append(f"| {qtype} | " + " | ".join(cells) + " |")
+    lines += ["", "; ".join(f"`{n}`: {_BASELINE_LABELS[n]}" for n in names) + ".", ""]
+    return lines
+
+
 def render_markdown(report: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
     """The report as Markdown; ``charts``: PNG file names (in the same folder) to show."""
     # A scorer that applied to no question at all (mc_prefix_score in `score`) gets no column, but a line below.
@@ -90,6 +111,16 @@ def render_markdown(report: Mapping[str, Any], charts: Sequence[str] = ()) -> st
             rule = f"{rule}. *Not computed: {why}.*"
         lines.append(f"| `{name}` | {m['n']} | {_acc(m)} | {_ci(m)} | {mean} | {rule} |")
     lines.append("")
+    for name, reasons in report.get("not_scorable", {}).items():
+        counts = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(reasons.items()))
+        lines.append(f"`{name}` could not score {sum(reasons.values())} question(s) meant for it: {counts}.")
+    inputs = report.get("mc_qa_inputs")
+    if inputs and sum(inputs.values()):
+        lines.append(
+            f"`mc_qa_score` ran on the release's raw option strings for {inputs['raw']} question(s) and on "
+            f"cleaned options for {inputs['cleaned']} (records without `options_raw`)."
+        )
+    lines += ["", *_baseline_lines(report)]
 
     lines += ["## Question templates seen in training vs novel", ""]
     if report.get("templates_available"):

@@ -2,9 +2,13 @@
 
 Steps, in order:
 1. Unicode NFKC, lower case.
-2. Apostrophes are deleted ("crohn's" -> "crohns"); every other non-alphanumeric character (punctuation,
-   hyphen, underscore, brackets) becomes a space, except a dot between two digits ("2.5" stays).
-3. Split on whitespace (this also collapses extra spaces); drop the articles a / an / the.
+2. Apostrophes are deleted ("crohn's" -> "crohns"), and so is a thousands comma ("1,000" -> "1000": a comma
+   between a digit and exactly three digits); every other non-alphanumeric character (punctuation, hyphen,
+   underscore, brackets) becomes a space, except a dot between two digits ("2.5" stays).
+3. Split on whitespace (this also collapses extra spaces); drop the articles a / an / the, except the last
+   token: an article stands before a word, so a final "a" is content ("Hepatitis A", "vitamin a", an answer
+   "A" alone) and an empty prediction never equals the answer "A". (A mid-text letter, "vitamin a
+   deficiency", is still dropped: lower-cased text cannot tell it from an article.)
 4. Number words become digits: "three" -> "3", "twenty one" -> "21".
 5. Synonym phrases become their canonical form, longest phrase first ("magnetic resonance imaging" -> "mri",
    "x ray" -> "xray"); the same canonical form twice in a row is kept once, so the OmniMedVQA spelling
@@ -22,6 +26,7 @@ import unicodedata
 from training.evaluation import synonyms as _table
 
 _DECIMAL_DOT = re.compile(r"(?<=\d)\.(?=\d)")
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NON_WORD = re.compile(r"[\W_]+")
 _ARTICLES = frozenset(_table.ARTICLES)
 
@@ -30,10 +35,13 @@ def _basic_tokens(text: str) -> list[str]:
     """Steps 1-4: the normalization that the synonym table's own variants go through."""
     text = unicodedata.normalize("NFKC", str(text)).lower()
     text = text.replace("'", "").replace("\u2019", "")
+    text = _THOUSANDS_COMMA.sub("", text)
     # Protect decimal dots from the punctuation pass by splitting around them, then rejoin.
     parts = _DECIMAL_DOT.split(text)
     cleaned = ".".join(_NON_WORD.sub(" ", part) for part in parts)
-    tokens = [tok for tok in cleaned.split() if tok not in _ARTICLES]
+    words = cleaned.split()
+    # an article is dropped only when a word follows it (see step 3 of the module docstring)
+    tokens = [tok for i, tok in enumerate(words) if tok not in _ARTICLES or i == len(words) - 1]
     return _numbers_to_digits(tokens)
 
 

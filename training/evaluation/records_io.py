@@ -10,6 +10,7 @@ from typing import Any
 
 from training.data.records import ANSWER_TYPES, iter_jsonl, validate_record, write_jsonl
 from training.errors import MedVQAUserError
+from training.evaluation.scorers import prefix_choice
 
 __all__ = ["read_jsonl", "read_jsonl_lines", "write_jsonl"]
 
@@ -33,7 +34,8 @@ def read_jsonl_lines(
 
     Raises:
         MedVQAUserError: missing/unreadable file, a line that is not a JSON object, a ``required`` field missing
-            or not a string, an ``answer_type`` other than yes_no/open, ``options`` not a list. The subject is
+            or not a string, an ``answer_type`` other than yes_no/open, ``options`` not a list, an
+            ``mc_prefix_choice`` that is not an index of ``options``. The subject is
             ``file:line``.
     """
     path = Path(path)
@@ -69,3 +71,8 @@ def _check(record: dict[str, Any], where: str, required: Sequence[str]) -> None:
     options = record.get("options")
     if options is not None and not isinstance(options, list):
         raise MedVQAUserError(where, f'"options" must be a list, got {type(options).__name__}')
+    if options and record.get("mc_prefix_choice") is not None:
+        try:
+            prefix_choice(record)
+        except ValueError as exc:
+            raise MedVQAUserError(where, str(exc)) from None

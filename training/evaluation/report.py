@@ -12,12 +12,20 @@ Report layout (§7 keys, plus extras):
 - ``baselines.majority_answer``: predict the most frequent normalized answer of the question's answer type,
   taken from ``--train`` when given, else from the evaluated set (``baseline_source`` says which); an M
   with the same slices nested inside (``yes_no``, ``open``, ``by_modality``, ..., ``templates``);
+  ``baselines.majority_by_question_type`` / ``majority_by_modality``: the same, but the most frequent answer
+  of the question's (question type, answer type) / (modality, answer type), falling back to the answer type's;
+- ``benchmark_answer_type``: closed / open by the benchmark's own label (``answer_type_raw``: SLAKE, VQA-RAD
+  ``CLOSED`` / ``OPEN``), overall and inside each ``by_dataset`` entry that has it;
+- ``not_scorable``: per rule, how many records it was meant for but could not score, by reason
+  (``no_gold_option``, ``ambiguous_gold_option``); ``mc_qa_inputs``: how many records mc_qa_score scored on
+  the release's raw strings and how many on cleaned options (records without ``options_raw``);
 - ``templates``: seen / novel question templates (``stats.question_template``), only with ``--train``;
 - ``diagnostics``: mode collapse (``stats.diagnostics``); ``throughput``: eval only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +34,16 @@ from typing import Any
 
 from training.evaluation import stats
 from training.evaluation.records_io import write_jsonl
-from training.evaluation.scorers import PRIMARY, SCORERS, flags, normalized_exact, scores, yes_no
+from training.evaluation.scorers import (
+    PRIMARY,
+    SCORERS,
+    flags,
+    mc_inputs,
+    normalized_exact,
+    scores,
+    unscorable,
+    yes_no,
+)
 
 UNKNOWN = "unknown"
 
@@ -50,17 +67,36 @@ def primary_flag(record: Mapping[str, Any], correct: Mapping[str, bool]) -> bool
     return correct["normalized_exact"]
 
 
+def _guess_flag(record: Mapping[str, Any], guess: str) -> bool:
+    """A baseline's guess scored with the headline rule of the record's answer type."""
+    answer = str(record["answer"])
+    if stats.answer_type(record) == "yes_no":
+        verdict = yes_no(guess, answer)
+        if verdict is not None:
+            return verdict
+    return normalized_exact(guess, answer)
+
+
 def _baseline_flag(record: Mapping[str, Any], majority: Mapping[str, str]) -> bool:
     kind = stats.answer_type(record)
     guess = majority.get(kind)
     if guess is None:  # the reference set has no question of this type: guess its overall majority
         guess = next(iter(majority.values()), "")
-    answer = str(record["answer"])
-    if kind == "yes_no":
-        verdict = yes_no(guess, answer)
-        if verdict is not None:
-            return verdict
-    return normalized_exact(guess, answer)
+    return _guess_flag(record, guess)
+
+
+# baseline name -> the record field whose value (with the answer type) picks the majority answer
+GROUPED_BASELINES = {"majority_by_question_type": "question_type", "majority_by_modality": "modality"}
+
+
+def _grouped_guess(
+    record: Mapping[str, Any], field: str, grouped: Mapping[str, str], majority: Mapping[str, str]
+):
+    key = stats.group_key(record, field)
+    guess = grouped.get(key)
+    if guess is None:  # a group the reference set lacks: the answer type's majority
+        guess = majority.get(stats.answer_type(record), next(iter(majority.values()), ""))
+    return guess
 
 
 def score_records(
@@ -78,13 +114,22 @@ def score_records(
     """
     scored: list[dict[str, Any]] = []
     items: list[_Item] = []
-    majority = stats.majority_answers(train_records if train_records else records)
+    reference = train_records if train_records else records
+    majority = stats.majority_answers(reference)
+    grouped = {name: stats.majority_answers_by(reference, field) for name, field in GROUPED_BASELINES.items()}
+    not_scorable: dict[str, dict[str, int]] = {}
+    mc_qa_inputs = {"raw": 0, "cleaned": 0}
     train_templates = None
     if train_records:
         vocabulary = stats.answer_vocabulary(train_records, records)
         train_templates = {stats.question_template(r, vocabulary) for r in train_records}
     for record in records:
         correct, values = flags(record), scores(record)
+        for name, reason in unscorable(record).items():
+            bucket = not_scorable.setdefault(name, {})
+            bucket[reason] = bucket.get(reason, 0) + 1
+        if "mc_qa_score" in correct:
+            mc_qa_inputs[mc_inputs(record)[2]] += 1
         scored.append({**record, "correct": correct, "scores": {k: round(v, 6) for k, v in values.items()}})
         template_seen = None
         if train_templates is not None:
@@ -97,6 +142,10 @@ def score_records(
                 primary=primary_flag(record, correct),
                 baseline=_baseline_flag(record, majority),
                 template_seen=template_seen,
+                grouped_baselines={
+                    name: _guess_flag(record, _grouped_guess(record, field, grouped[name], majority))
+                    for name, field in GROUPED_BASELINES.items()
+                },
             )
         )
 
@@ -106,7 +155,13 @@ def score_records(
         **_slices(items, _slice),
         "scorers": {name: _scorer_metric(items, name) for name in SCORERS},
         # the baseline on every slice too, nested like the report (hub_card reads it that way)
-        "baselines": {"majority_answer": _slices(items, _baseline_metric, nested=True)},
+        "baselines": {
+            "majority_answer": _slices(items, _baseline_metric, nested=True),
+            **{
+                name: _slices(items, functools.partial(_grouped_metric, name), nested=True)
+                for name in GROUPED_BASELINES
+            },
+        },
         "diagnostics": stats.diagnostics(
             [str(it.record["prediction"]) for it in items], [str(it.record["answer"]) for it in items]
         ),
@@ -119,6 +174,10 @@ def score_records(
     report["baseline_source"] = "train" if train_records else "evaluated set"
     report["baseline_answers"] = majority
     report["templates_available"] = train_templates is not None
+    report["grouped_baseline_answers"] = grouped
+    report["benchmark_answer_type"] = _benchmark_split(items, _slice)
+    report["not_scorable"] = not_scorable
+    report["mc_qa_inputs"] = mc_qa_inputs
     report["warnings"] = _warnings(report)
     return ScoreResult(scored=scored, report=report)
 
@@ -131,6 +190,7 @@ class _Item:
     primary: bool
     baseline: bool
     template_seen: bool | None
+    grouped_baselines: Mapping[str, bool]
 
 
 def _scorer_metric(items: Sequence[_Item], name: str) -> dict[str, Any]:
@@ -152,6 +212,23 @@ def _slice(items: Sequence[_Item]) -> dict[str, Any]:
 
 def _baseline_metric(items: Sequence[_Item]) -> dict[str, Any]:
     return stats.metric(it.baseline for it in items)
+
+
+def _grouped_metric(name: str, items: Sequence[_Item]) -> dict[str, Any]:
+    return stats.metric(it.grouped_baselines[name] for it in items)
+
+
+def _benchmark_split(
+    items: Sequence[_Item], fn: Callable[[Sequence[_Item]], dict[str, Any]]
+) -> dict[str, Any]:
+    """``{"closed": M, "open": M}`` by the benchmark's own answer type (``answer_type_raw``: CLOSED / OPEN, as
+    SLAKE and VQA-RAD label their questions); ``{}`` when no record carries one."""
+    labelled: dict[str, list[_Item]] = {}
+    for it in items:
+        raw = str(it.record.get("answer_type_raw") or "").strip().lower()
+        if raw in ("closed", "open"):
+            labelled.setdefault(raw, []).append(it)
+    return {kind: fn(labelled.get(kind, [])) for kind in ("closed", "open")} if labelled else {}
 
 
 # slice name -> grouping key of a record; by_dataset entries are split again by answer type
@@ -187,6 +264,9 @@ def _slices(
             m = fn(members[name])
             if group == "by_dataset":  # each benchmark with its own closed (yes/no) / open split
                 m["yes_no"], m["open"] = by_type(members[name], "yes_no"), by_type(members[name], "open")
+                split = _benchmark_split(members[name], fn)
+                if split:  # closed / open as the benchmark itself labels them
+                    m["benchmark_answer_type"] = split
             out[group][name] = m
     out["templates"] = {
         "seen": fn([it for it in items if it.template_seen is True]),
@@ -254,3 +334,6 @@ def iter_slices(report: Mapping[str, Any]) -> Iterable[tuple[str, str, Mapping[s
         for kind, label in (("yes_no", "closed (yes/no)"), ("open", "open")):
             if kind in m and m[kind]["n"]:
                 yield "dataset", f"{name} · {label}", m[kind]
+        for kind, own in m.get("benchmark_answer_type", {}).items():
+            if own["n"]:
+                yield "dataset", f"{name} · {kind.upper()} (benchmark's label)", own

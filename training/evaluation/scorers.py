@@ -47,9 +47,26 @@ def yes_no(prediction: str, answer: str) -> bool | None:
     return said == [gold]
 
 
+def yes_no_first(prediction: str, answer: str) -> bool | None:
+    """The lenient yes/no rule: the first of the words yes / no in the normalized prediction is the answer.
+
+    ``None`` when the normalized answer is neither "yes" nor "no". "Yes, there is a mass with no calcification"
+    is right for "yes" here and wrong under ``yes_no`` (both words occur); neither word at all is wrong.
+    """
+    gold = normalize(answer)
+    if gold not in ("yes", "no"):
+        return None
+    first = next((tok for tok in normalized_tokens(prediction) if tok in ("yes", "no")), None)
+    return first == gold
+
+
 def contains(prediction: str, answer: str) -> bool:
-    """The normalized answer occurs in the normalized prediction as a whole-word phrase (LLaVA-Med's "open
-    accuracy"). Whole words so that "ct" is not found inside "doctor"; an empty answer is never found."""
+    """The normalized answer occurs in the normalized prediction as a whole-word phrase.
+
+    Whole words so that "ct" is not found inside "doctor"; an empty answer is never found. It resembles the
+    substring test (``gt in pred``) that several medical VQA evaluations use, but it is not LLaVA-Med's open
+    accuracy, which picks the most similar answer out of a candidate set (an argmax over candidates).
+    """
     gold = normalized_tokens(answer)
     pred = normalized_tokens(prediction)
     if not gold:
@@ -66,9 +83,13 @@ def _overlap(prediction: str, answer: str) -> tuple[int, int, int]:
 
 
 def token_recall(prediction: str, answer: str) -> float:
-    """Share of the answer's normalized tokens found in the prediction (LLaVA-Med paper's recall).
+    """Share of the answer's normalized tokens found in the prediction, each answer token matched at most as
+    often as it occurs in the prediction (multiset intersection / answer length, so at most 1.0).
 
-    Both empty -> 1.0; an empty answer with a non-empty prediction -> 0.0.
+    Resembles LLaVA-Med's recall, which differs in two ways: its true positives count a shared word as often as
+    it occurs in the *prediction* (so "left left" against "left lung" scores 2/3 there, 1/2 here), and it uses
+    its own normalisation without our synonyms. Both empty -> 1.0; an empty answer with a non-empty prediction
+    -> 0.0.
     """
     common, n_pred, n_gold = _overlap(prediction, answer)
     if n_gold == 0:
@@ -100,14 +121,45 @@ def mc_qa_choice(options: Sequence[str], prediction: str) -> int | None:
     return best_index
 
 
+def _light(text: str) -> str:
+    """The only cleaning gold-option matching allows: case and outer spaces."""
+    return str(text).strip().casefold()
+
+
+def gold_indices(options: Sequence[str], answer: str) -> tuple[tuple[int, ...], str | None]:
+    """The positions of the right option, and ``None``; or ``()`` and why no option can be the gold one.
+
+    The answer string itself when it is among the options (OmniMedVQA's ``answer_list[i] == gt_answer``;
+    duplicates of it are the same text, so every copy counts); otherwise the options equal to it after light
+    cleaning only (case and outer spaces: ``"MR  "`` for "mr", never "MRI" for "MR" through synonyms).
+    Reasons: ``no_gold_option`` (nothing matches), ``ambiguous_gold_option`` (two different option texts do).
+    """
+    exact = tuple(i for i, option in enumerate(options) if option == answer)
+    if exact:
+        return exact, None
+    gold = _light(answer)
+    matches = tuple(i for i, option in enumerate(options) if _light(option) == gold)
+    if not matches:
+        return (), "no_gold_option"
+    if len({options[i] for i in matches}) > 1:
+        return (), "ambiguous_gold_option"
+    return matches, None
+
+
 def gold_option(options: Sequence[str], answer: str) -> str | None:
-    """The option that is the right answer: the answer itself when it is one of the options (OmniMedVQA's
-    ``gt_answer``); otherwise the first option equal to it after normalization, because the converter may clean
-    the answer ("Dermoscopy." -> "Dermoscopy") while keeping the raw options. ``None``: no option matches."""
-    if answer in options:
-        return answer
-    gold = normalize(answer)
-    return next((option for option in options if normalize(option) == gold), None)
+    """The text of the right option (``gold_indices``), ``None`` when it is missing or ambiguous."""
+    indices, _ = gold_indices(options, answer)
+    return options[indices[0]] if indices else None
+
+
+def mc_inputs(record: Record) -> tuple[list[str], str, str]:
+    """(options, answer, which) that ``mc_qa_score`` scores: the release's raw option strings and raw answer
+    (``options_raw`` / ``answer_raw``, kept by ``medvqa data convert``) when the record has them, as the
+    official code does, else the record's cleaned ``options`` and ``answer``; ``which`` is "raw" or "cleaned"."""
+    raw = record.get("options_raw")
+    if raw:
+        return [str(o) for o in raw], str(record.get("answer_raw") or record["answer"]), "raw"
+    return _options(record), str(record["answer"]), "cleaned"
 
 
 def _options(record: Record) -> list[str]:
@@ -115,28 +167,57 @@ def _options(record: Record) -> list[str]:
     return [str(option) for option in options]
 
 
+def prefix_choice(record: Record) -> int | None:
+    """The model's ``mc_prefix_choice`` (an index into ``options``), checked: ``None`` when absent.
+
+    Raises:
+        ValueError: not an integer, or outside ``0 .. len(options) - 1`` (-1 would silently pick the last).
+    """
+    choice = record.get("mc_prefix_choice")
+    if choice is None:
+        return None
+    n = len(_options(record))
+    if isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < n:
+        raise ValueError(f"mc_prefix_choice must be an option index 0..{n - 1}, got {choice!r}")
+    return choice
+
+
 # --- record-level rules (the registry) ------------------------------------------------------------------------
 
 
 def _mc_qa_score(record: Record) -> bool | None:
-    options = _options(record)
-    gold = gold_option(options, str(record["answer"])) if options else None
-    if gold is None:
+    options, answer, _ = mc_inputs(record)
+    if not options:
+        return None
+    gold, _ = gold_indices(options, answer)
+    if not gold:
         return None
     choice = mc_qa_choice(options, str(record["prediction"]))
-    return choice is not None and options[choice] == gold
+    return choice is not None and options[choice] == options[gold[0]]
+
+
+def _mc_qa_unscorable(record: Record) -> str | None:
+    options, answer, _ = mc_inputs(record)
+    return gold_indices(options, answer)[1] if options else None
 
 
 def _mc_prefix_score(record: Record) -> bool | None:
     # eval stores the model's choice (index of the lowest mean-loss option) as "mc_prefix_choice"
-    choice = record.get("mc_prefix_choice")
     options = _options(record)
-    if choice is None or not options:
+    choice = prefix_choice(record) if options else None
+    if choice is None:
         return None
-    gold = gold_option(options, str(record["answer"]))
-    if gold is None:
+    gold, _ = gold_indices(options, str(record["answer"]))
+    if not gold:
         return None
-    return options[int(choice)] == gold
+    return options[choice] == options[gold[0]]
+
+
+def _mc_prefix_unscorable(record: Record) -> str | None:
+    options = _options(record)
+    if record.get("mc_prefix_choice") is None or not options:
+        return None
+    return gold_indices(options, str(record["answer"]))[1]
 
 
 def _text_rule(fn: Callable[[str, str], bool | None]) -> Callable[[Record], bool | None]:
@@ -157,6 +238,8 @@ class Scorer:
     flag: Callable[[Record], bool | None]
     score: Callable[[Record], float] | None = None
     needs_model: bool = False
+    # why the rule could not score a record it was meant for (no / ambiguous gold option), for the report
+    unscorable: Callable[[Record], str | None] | None = None
 
 
 SCORERS: dict[str, Scorer] = {
@@ -164,47 +247,62 @@ SCORERS: dict[str, Scorer] = {
     for scorer in (
         Scorer(
             "normalized_exact",
-            "normalized prediction == normalized answer (lower case; punctuation, articles and extra spaces "
-            "removed; number words -> digits; synonyms such as MR/MRI, X-ray/radiograph mapped)",
+            "normalized prediction == normalized answer (lower case; punctuation and extra spaces removed; "
+            "articles a/an/the removed unless last (so 'Hepatitis A' and 'A' keep their A); thousands commas "
+            "dropped (1,000 = 1000); number words -> digits; synonyms such as MR/MRI, X-ray/radiograph mapped)",
             _text_rule(normalized_exact),
         ),
         Scorer(
             "yes_no",
-            "yes/no answers only: exactly one of the words yes/no in the normalized prediction, equal to the "
-            "answer (saying both, or neither, is wrong)",
+            "yes/no answers only, strict: exactly one of the words yes/no in the normalized prediction, equal to "
+            "the answer (saying both, or neither, is wrong)",
             _text_rule(yes_no),
         ),
         Scorer(
+            "yes_no_first",
+            "yes/no answers only, lenient: the first of the words yes/no in the normalized prediction equals the "
+            "answer ('Yes, there is a mass with no calcification' is right for yes; neither word is wrong)",
+            _text_rule(yes_no_first),
+        ),
+        Scorer(
             "contains",
-            "the normalized answer occurs in the normalized prediction as whole words (LLaVA-Med open accuracy)",
+            "the normalized answer occurs in the normalized prediction as whole words (a substring test; not "
+            "LLaVA-Med's open accuracy, which is an argmax over a candidate answer set)",
             _text_rule(contains),
         ),
         Scorer(
             "token_recall",
-            f"share of answer tokens found in the prediction >= {TOKEN_THRESHOLD} (LLaVA-Med recall; "
-            "the mean recall is reported too)",
+            f"share of the answer's normalized tokens found in the prediction >= {TOKEN_THRESHOLD}, each matched "
+            "at most as often as it occurs in the prediction (LLaVA-Med's recall counts a word as often as the "
+            "prediction repeats it; the mean recall is reported too)",
             _thresholded(token_recall),
             lambda record: token_recall(str(record["prediction"]), str(record["answer"])),
         ),
         Scorer(
             "token_f1",
-            f"SQuAD token F1 >= {TOKEN_THRESHOLD} (MedGemma card; the mean F1 is reported too)",
+            f"SQuAD token F1 on normalized tokens >= {TOKEN_THRESHOLD} (as on MedGemma's card; the mean F1 is "
+            "reported too)",
             _thresholded(token_f1),
             lambda record: token_f1(str(record["prediction"]), str(record["answer"])),
         ),
         Scorer(
             "mc_qa_score",
-            "OmniMedVQA question-answering score: the first option with the strictly highest "
-            "difflib.SequenceMatcher ratio to the raw prediction must be the ground-truth option "
-            "(all ratios 0 -> wrong; records with options only)",
+            "OmniMedVQA question-answering score, on the release's raw option strings and raw answer when the "
+            "record keeps them (options_raw / answer_raw): the first option with the strictly highest "
+            "difflib.SequenceMatcher ratio to the raw prediction must be the ground-truth option (all ratios 0 "
+            "-> wrong); the ground-truth option is the answer string itself, else the one option equal to it up "
+            "to case and outer spaces (none or two different ones -> not scorable, counted in not_scorable)",
             _mc_qa_score,
+            unscorable=_mc_qa_unscorable,
         ),
         Scorer(
             "mc_prefix_score",
             "OmniMedVQA prefix-based score: the option whose tokens get the lowest mean loss after the "
-            "question must be the ground-truth option (needs the model: eval only; records with options only)",
+            "question must be the ground-truth option (needs the model: eval only; records with options only; "
+            "ground-truth option found as for mc_qa_score, on the cleaned options the model ranked)",
             _mc_prefix_score,
             needs_model=True,
+            unscorable=_mc_prefix_unscorable,
         ),
     )
 }
@@ -217,6 +315,16 @@ def flags(record: Record) -> dict[str, bool]:
         value = scorer.flag(record)
         if value is not None:
             out[name] = bool(value)
+    return out
+
+
+def unscorable(record: Record) -> dict[str, str]:
+    """``{scorer: reason}`` for the rules meant for ``record`` that could not score it (no gold option ...)."""
+    out: dict[str, str] = {}
+    for name, scorer in SCORERS.items():
+        reason = scorer.unscorable(record) if scorer.unscorable is not None else None
+        if reason is not None:
+            out[name] = reason
     return out
 
 

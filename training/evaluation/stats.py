@@ -61,6 +61,20 @@ def majority_answers(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     return {kind: min(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0] for kind, counter in counts.items()}
 
 
+def group_key(record: Mapping[str, Any], field: str) -> str:
+    """``"<field value>|<answer type>"``: the group a per-question-type / per-modality baseline guesses for."""
+    return f"{record.get(field) or 'unknown'}|{answer_type(record)}"
+
+
+def majority_answers_by(records: Iterable[Mapping[str, Any]], field: str) -> dict[str, str]:
+    """The most frequent normalized answer per (``field`` value, answer type), keyed by :func:`group_key`;
+    ties to the alphabetically first answer, as in :func:`majority_answers`."""
+    counts: dict[str, Counter[str]] = {}
+    for record in records:
+        counts.setdefault(group_key(record, field), Counter())[normalize(str(record["answer"]))] += 1
+    return {key: min(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0] for key, counter in counts.items()}
+
+
 def answer_type(record: Mapping[str, Any]) -> str:
     """``record["answer_type"]`` when given, else "yes_no" when the normalized answer is yes/no, else "open"."""
     kind = record.get("answer_type")
@@ -162,3 +176,93 @@ def diagnostics(predictions: Sequence[str], answers: Sequence[str]) -> dict[str,
             f"top_prediction_share >= {COLLAPSE_RATIO} x the most common reference answer's share"
         ),
     }
+
+
+# --- paired comparisons (image-blind ablation, medvqa compare) ----------------------------------------------
+
+PAIRED_CI_METHOD = "Newcombe hybrid score interval for a paired difference (method 10), 95%"
+MCNEMAR_METHOD = "exact McNemar test: two-sided binomial test of the discordant pairs at p = 1/2"
+BOOTSTRAP_METHOD = "paired percentile bootstrap over questions, 95%"
+
+
+def mcnemar_exact_p(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs (right under A only, under B only) against a fair
+    coin, with scipy's exact binomial test. No discordant pair -> 1.0."""
+    if a_only + b_only == 0:
+        return 1.0
+    from scipy.stats import binomtest  # scipy only here: `medvqa score` without comparisons starts fast
+
+    return float(binomtest(a_only, a_only + b_only, 0.5, alternative="two-sided").pvalue)
+
+
+def newcombe_paired_interval(
+    both: int, a_only: int, b_only: int, neither: int, z: float = Z95
+) -> tuple[float, float]:
+    """95% interval of acc(A) - acc(B) for paired right/wrong outcomes (Newcombe 1998, method 10).
+
+    Built from the Wilson intervals of both accuracies and the correlation of the pairs, so it stays inside
+    [-1, 1] and behaves at small n where the Wald interval of the difference does not. ``(0, 0)`` when n == 0.
+    """
+    n = both + a_only + b_only + neither
+    if n == 0:
+        return 0.0, 0.0
+    p1, p2 = (both + a_only) / n, (both + b_only) / n
+    l1, u1 = wilson_interval(both + a_only, n, z)
+    l2, u2 = wilson_interval(both + b_only, n, z)
+    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    phi = (both * neither - a_only * b_only) / math.sqrt(margins) if margins else 0.0
+    delta = p1 - p2
+    low = delta - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = delta + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return max(-1.0, low), min(1.0, high)
+
+
+def paired_difference(
+    a: Sequence[bool], b: Sequence[bool], names: tuple[str, str] = ("a", "b")
+) -> dict[str, Any]:
+    """Accuracy of A and of B on the same questions, A - B with Newcombe's 95% interval, and the exact McNemar
+    p-value. ``names`` label the two sides in the keys (``("real", "blind")`` -> ``real``, ``blind_only`` ...).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes of different lengths: {len(a)} and {len(b)}")
+    both = sum(1 for x, y in zip(a, b) if x and y)
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    n = len(a)
+    low, high = newcombe_paired_interval(both, a_only, b_only, n - both - a_only - b_only)
+    first, second = names
+    return {
+        "n": n,
+        first: (both + a_only) / n if n else 0.0,
+        second: (both + b_only) / n if n else 0.0,
+        "difference": (a_only - b_only) / n if n else 0.0,
+        "ci95": [round(low, 6), round(high, 6)],
+        f"{first}_only": a_only,
+        f"{second}_only": b_only,
+        "both": both,
+        "mcnemar_p": round(mcnemar_exact_p(a_only, b_only), 6),
+    }
+
+
+def bootstrap_difference_interval(
+    a: Sequence[bool], b: Sequence[bool], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Paired percentile bootstrap 95% interval of acc(A) - acc(B) (scipy.stats.bootstrap, questions resampled
+    with their pair of outcomes). Fewer than 2 questions, or identical outcomes everywhere -> the point value."""
+    n = len(a)
+    point = (sum(map(bool, a)) - sum(map(bool, b))) / n if n else 0.0
+    if n < 2 or all(bool(x) == bool(y) for x, y in zip(a, b)):
+        return point, point
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    result = bootstrap(
+        (np.asarray(a, dtype=float), np.asarray(b, dtype=float)),
+        lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
