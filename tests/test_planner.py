@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from training.cli import main
 from training.train.planner import (
+    _count_medvqa,
     largest_fitting_batch,
     llama_layer_saved_bytes,
+    model_config_for_recipe,
     plan_memory,
+    zero3_gathered_elements,
 )
 from training.train.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "configuration" / "recipes"
 PAPER = RECIPES / "paper_llama3_8b.yaml"
 TINY = RECIPES / "tiny_cpu.yaml"
+LLAMA70B = RECIPES / "llama3_70b_zero3.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +99,8 @@ def test_memory_grows_with_batch(paper):
         ["--recipe", "BAD", "--gpus", "2", "--gpu-memory", "40"],
         ["--recipe", str(PAPER), "--gpus", "0", "--gpu-memory", "40"],
         ["--recipe", str(PAPER), "--gpus", "2", "--gpu-memory", "40", "--stage", "nope"],
+        ["--recipe", str(PAPER), "--gpus", "8", "--gpu-memory", "40", "--nodes", "0"],
+        ["--recipe", str(PAPER), "--gpus", "8", "--gpu-memory", "40", "--zero", "1"],
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, tmp_path, capsys):
@@ -192,3 +199,62 @@ def test_cpu_prediction_within_20_percent_of_measured_peak(tiny_model_dir):
     result = planner_vs_measured(tiny_model_dir, load_recipe(TINY), "lora", steps=1)
     assert abs(result["error"]) < 0.20, result
     assert abs(result["layers_phase"]["error"]) < 0.20, result
+
+
+def test_nodes_multiply_ranks_and_zero2_keeps_weights_whole(paper):
+    one_node = plan_memory(paper, "lora", 16, 40)
+    two_nodes = plan_memory(paper, "lora", 8, 40, nodes=2, zero_stage=2)
+    assert two_nodes.ranks == 16 and two_nodes.breakdown == one_node.breakdown
+    single = plan_memory(paper, "lora", 8, 40, nodes=1, zero_stage=2)
+    assert (
+        two_nodes.breakdown["weights"] == single.breakdown["weights"]
+    )  # ZeRO-2: every rank holds every weight
+    assert two_nodes.breakdown["optimizer_states"] < single.breakdown["optimizer_states"]
+
+
+def test_zero3_shards_weights_over_all_ranks_plus_the_gathered_working_set(paper):
+    z2 = plan_memory(paper, "lora", 8, 40, nodes=2, zero_stage=2)
+    z3 = plan_memory(paper, "lora", 8, 40, nodes=2, zero_stage=3)
+    config = model_config_for_recipe(paper)
+    counts = _count_medvqa(
+        json.dumps(config.to_dict(), sort_keys=True, default=str),
+        json.dumps(paper.lora.__dict__, sort_keys=True),
+        "lora",
+        paper.stage("joint").vision_trainable_blocks,
+    )
+    h, vocab = config.text_config.hidden_size, config.text_config.vocab_size
+    # The LM head (gathered whole by TRL's fused head) is the largest single module of Llama-3-8B.
+    assert counts.largest_module == vocab * h
+    assert zero3_gathered_elements(counts, h) == vocab * h
+    # Norms, biases and the small LoRA matrices (<= 10 x hidden elements each) stay whole on every rank.
+    assert 0 < counts.persistent < 2e-3 * counts.total
+    expected = -(-(counts.total - counts.persistent) * 2 // 16) + counts.persistent * 2 + vocab * h * 2
+    assert z3.breakdown["weights"] == expected
+    assert z3.weights_gathered == vocab * h * 2
+    # Everything else per rank is what ZeRO-2 gives; weights shrink by ~16x minus the working set.
+    for key in ("gradients", "optimizer_states", "activations"):
+        assert z3.breakdown[key] == z2.breakdown[key]
+    assert z3.total < z2.total
+    # More nodes: smaller partitions, never below the gathered working set.
+    four = plan_memory(paper, "lora", 8, 40, nodes=4, zero_stage=3)
+    assert z3.weights_gathered < four.breakdown["weights"] < z3.breakdown["weights"]
+
+
+def test_llama3_70b_needs_zero3_on_two_nodes_of_80gb(capsys):
+    recipe = load_recipe(LLAMA70B)
+    assert recipe.training.zero_stage == 3
+    assert recipe.training.global_batch_size == 128
+    # ZeRO-2 keeps 141 GB of bf16 weights on every GPU: never fits on 80 GB.
+    assert not plan_memory(recipe, "lora", 8, 80, nodes=2, zero_stage=2).fits
+    plan = plan_memory(recipe, "lora", 8, 80, nodes=2)
+    assert plan.zero_stage == 3 and plan.fits and 70e9 < plan.total_params < 72e9
+    largest = largest_fitting_batch(recipe, "lora", 8, 80, nodes=2)
+    assert largest >= 8
+    assert not plan_memory(recipe, "lora", 8, 80, largest + 1, nodes=2).fits
+    # On one node the partitions double; the batch that fits shrinks.
+    assert largest_fitting_batch(recipe, "lora", 8, 80, nodes=1) < largest
+    argv = ["plan", "--recipe", str(LLAMA70B), "--gpus", "8", "--nodes", "2", "--gpu-memory", "80"]
+    assert main([*argv, "--stage", "lora"]) == 0
+    out = capsys.readouterr().out
+    assert "2 nodes x 8 x 80 GiB" in out and "ZeRO-3 1/16 + gathered" in out and "verdict: FITS" in out
+    assert main([*argv, "--stage", "lora", "--zero", "2"]) == 1

@@ -8,8 +8,12 @@ up to ``total``:
     with the stage's real peft set-up (``training.train.sft_stages.build_peft_model``), so LoRA matrices and the
     ``modules_to_save`` copies (the projector; in ``joint`` the whole vision tower) are included.  Under DeepSpeed
     with bf16, the engine casts every parameter to bf16 (LoRA too, although peft builds it in fp32): 2 bytes each.
+    ZeRO-2 keeps every weight whole on every rank.  ZeRO-3 (``--zero 3``) partitions them over all ranks
+    (``--gpus`` x ``--nodes``) and gathers them module by module when they run: each rank holds 1/R of the
+    weights, the small ones kept whole (``stage3_param_persistence_threshold``, "auto" = 10 x hidden: norms,
+    biases) and the gathered working set (see :func:`zero3_gathered_elements`).
 ``gradients``
-    ZeRO-2 partitions gradients: each rank keeps 1/N of the trainable gradients (4 bytes, fp32 accumulation),
+    ZeRO-2 and ZeRO-3 partition gradients: each rank keeps 1/N of the trainable gradients (4 bytes, fp32 accumulation),
     plus the fp32 copy of its partition made at the optimizer step (4 bytes / N) and the two reduce buckets
     (``reduce_bucket_size`` = hidden_size**2 elements each with ``"auto"``, double-buffered by ``overlap_comm``).
 ``optimizer_states``
@@ -95,6 +99,10 @@ TYPICAL_ANSWER_TOKENS = 16
 """Label positions per example (answer + ``<|eot_id|>``): OmniMedVQA answers are a few words."""
 CUDA_OVERHEAD_BYTES = 1 * GIB
 """CUDA context (~0.5 GiB), NCCL buffers (~0.3 GiB), cuBLAS/cuDNN workspaces and DeepSpeed's own buffers."""
+ZERO3_MAX_LIVE_PARAMETERS = 10**9
+"""``stage3_max_live_parameters`` of configuration/deepspeed/zero3.json (DeepSpeed's default): the most parameter
+elements ZeRO-3 keeps gathered at once, unless a single module is larger."""
+ZERO_STAGES = (2, 3)
 FRAGMENTATION = 0.10
 """Share of the activations and logits added for the caching allocator's fragmentation."""
 FUSED_TOKEN_TILE = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
@@ -108,6 +116,22 @@ BERT_BASE = {"vocab": 30522, "hidden": 768, "layers": 12, "heads": 12, "intermed
 
 _KNOWN_VISION = {"hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"}
 _KNOWN_TEXT = {"meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Meta-Llama-3-8B"}
+LLAMA3_70B = {
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+    "tie_word_embeddings": False,
+}
+"""Meta-Llama-3-70B(-Instruct)'s shapes, from its public config.json (gated on the Hub, so kept here for offline
+planning)."""
+_KNOWN_TEXT_70B = {"meta-llama/Meta-Llama-3-70B-Instruct", "meta-llama/Meta-Llama-3-70B"}
 
 
 @dataclass
@@ -135,6 +159,14 @@ class Plan:
     logits_fused: int
     logits_plain: int
     notes: list[str] = field(default_factory=list)
+    nodes: int = 1
+    zero_stage: int = 2
+    weights_gathered: int = 0  # ZeRO-3: bytes of the gathered working set inside ``weights``
+
+    @property
+    def ranks(self) -> int:
+        """Data-parallel ranks: GPUs per node x nodes."""
+        return self.gpus * self.nodes
 
     @property
     def total(self) -> int:
@@ -150,7 +182,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        data.update(total=self.total, headroom=self.headroom, fits=self.fits)
+        data.update(total=self.total, headroom=self.headroom, fits=self.fits, ranks=self.ranks)
         return data
 
 
@@ -230,6 +262,8 @@ def _text_config(text: str) -> dict[str, Any]:
 
     if text in _KNOWN_TEXT:
         return dict(LLAMA3_8B_INSTRUCT)
+    if text in _KNOWN_TEXT_70B:
+        return dict(LLAMA3_70B)
     if text == "tiny":
         from training.tiny import TinySpec
 
@@ -283,6 +317,41 @@ class ParamCounts:
     total: int
     trainable: int
     detail: dict[str, int]  # trainable parameters by part
+    persistent: int = 0  # ZeRO-3: parameters at or below the persistence threshold, kept whole on every rank
+    largest_module: int = (
+        0  # the most parameters one module owns directly (ZeRO-3 gathers a module at a time)
+    )
+    largest_layer: int = 0  # the most parameters of one decoder layer / transformer block
+
+
+def zero3_gathered_elements(counts: ParamCounts, hidden_size: int) -> int:
+    """Parameter elements a ZeRO-3 rank holds gathered at the peak, beyond its partition.
+
+    DeepSpeed fetches the parameters of the module about to run and prefetches ahead up to
+    ``stage3_prefetch_bucket_size`` ("auto" = 0.9 x hidden**2 elements), releasing them after use; at most
+    ``stage3_max_live_parameters`` stay gathered, except that a single module is always gathered whole.  The
+    peak is therefore one decoder layer (its projections run back to back, and the backward re-gathers them) plus
+    the prefetch bucket, or the largest single module -- the LM head, which TRL's fused head gathers whole
+    (``trl.trainer.utils.maybe_gather_lm_head_ctx``), and the token embedding -- whichever is larger.
+    """
+    prefetch = int(0.9 * hidden_size * hidden_size)
+    layer = min(counts.largest_layer + prefetch, ZERO3_MAX_LIVE_PARAMETERS)
+    return max(counts.largest_module, layer)
+
+
+def _zero3_stats(model, threshold: int) -> tuple[int, int, int]:
+    """(persistent parameters, largest module's own parameters, largest block's parameters) of a (meta) model."""
+    persistent = sum(p.numel() for p in model.parameters() if p.numel() <= threshold)
+    largest_module = max(
+        (sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0
+    )
+    blocks = [
+        m
+        for m in model.modules()
+        if type(m).__name__.endswith(("DecoderLayer", "Block", "ResidualAttentionBlock", "BertLayer"))
+    ]
+    largest_layer = max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0)
+    return persistent, largest_module, largest_layer
 
 
 @functools.lru_cache(maxsize=32)
@@ -316,7 +385,11 @@ def _count_medvqa(config_json: str, lora_json: str, stage: str, vision_blocks: i
             else "other"
         )
         detail[part] += param.numel()
-    return ParamCounts(total, trainable, {k: v for k, v in detail.items() if v})
+    # stage3_param_persistence_threshold "auto": transformers fills 10 x the model's hidden size (the LM's here).
+    persistent, largest_module, largest_layer = _zero3_stats(peft_model, 10 * config.text_config.hidden_size)
+    return ParamCounts(
+        total, trainable, {k: v for k, v in detail.items() if v}, persistent, largest_module, largest_layer
+    )
 
 
 @dataclass(frozen=True)
@@ -331,6 +404,9 @@ class ClipShapes:
     text_context: int
     text_dropout: bool
     params: int
+    zero3: ParamCounts | None = (
+        None  # persistence / largest-module statistics for ZeRO-3 (trainable = params)
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -360,7 +436,11 @@ def _clip_shapes(vision: str) -> ClipShapes:
             trunk = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
         proj = 768 * 512 + 768 * 640 + 640 * 512 + 1  # vision linear head, text MLP head, logit_scale
         params = sum(p.numel() for p in bert.parameters()) + sum(p.numel() for p in trunk.parameters()) + proj
-        return ClipShapes(vit, 224, b["hidden"], b["layers"], b["intermediate"], 256, True, params)
+        stats = [_zero3_stats(m, 10 * vit["hidden_size"]) for m in (bert, trunk)]
+        zero3 = ParamCounts(
+            params, params, {}, sum(s[0] for s in stats), max(s[1] for s in stats), max(s[2] for s in stats)
+        )
+        return ClipShapes(vit, 224, b["hidden"], b["layers"], b["intermediate"], 256, True, params, zero3)
     import open_clip
 
     text_cfg = cfg.get("text_cfg", {})
@@ -374,15 +454,18 @@ def _clip_shapes(vision: str) -> ClipShapes:
     with torch.device("meta"):
         model = open_clip.CLIP(**cfg)
     width = int(text_cfg.get("width", 512))
+    params = sum(p.numel() for p in model.parameters())
+    vit = _timm_shape(vision_cfg["timm_model_name"], size)
     return ClipShapes(
-        vit=_timm_shape(vision_cfg["timm_model_name"], size),
+        vit=vit,
         image_size=size,
         text_width=width,
         text_layers=int(text_cfg.get("layers", 12)),
         text_mlp=int(width * text_cfg.get("mlp_ratio", 4.0)),
         text_context=int(text_cfg.get("context_length", 77)),
         text_dropout=False,
-        params=sum(p.numel() for p in model.parameters()),
+        params=params,
+        zero3=ParamCounts(params, params, {}, *_zero3_stats(model, 10 * vit["hidden_size"])),
     )
 
 
@@ -488,12 +571,14 @@ def plan_memory(
     fused_lm_head: bool = True,
     padding_mask: bool = True,
     device: str = "cuda",
+    nodes: int = 1,
+    zero_stage: int | None = None,
 ) -> Plan:
     """Predict per-GPU memory of ``stage`` (``clip``, ``lora`` or ``joint``) of ``recipe`` on ``gpus`` GPUs.
 
     Args:
         recipe: a loaded recipe (:func:`training.train.recipe.load_recipe`).
-        gpus: data-parallel ranks; ZeRO-2 shards gradients and optimizer states over them.
+        gpus: GPUs per node; the data-parallel ranks are ``gpus`` x ``nodes``, and ZeRO shards over all of them.
         gpu_memory_gb: memory of one GPU in GiB (an A100 40GB is 40).
         per_device_batch: overrides the stage's ``per_device_train_batch_size``.
         seq_len: tokens per example incl. image tokens (default: :func:`default_seq_len`).
@@ -501,12 +586,19 @@ def plan_memory(
         gradient_checkpointing: overrides the recipe's setting.
         fused_lm_head: False plans the plain ``(B, T, V)`` logits instead of TRL's fused head.
         padding_mask: whether batches carry padding (then SDPA gets a mask and K/V are repeated to all heads).
-        device: ``"cuda"`` (DeepSpeed ZeRO-2, the recipe's dtype) or ``"cpu"`` (plain Trainer, fp32; for checks).
+        device: ``"cuda"`` (DeepSpeed ZeRO, the recipe's dtype) or ``"cpu"`` (plain Trainer, fp32; for checks).
+        nodes: machines, each with ``gpus`` GPUs.
+        zero_stage: DeepSpeed ZeRO stage, 2 or 3 (default: the recipe's ``training.zero_stage``).
     """
     if stage not in STAGES:
         raise MedVQAUserError(stage, f"unknown stage; stages are {list(STAGES)}")
     if gpus < 1:
         raise MedVQAUserError("--gpus", "must be at least 1")
+    if nodes < 1:
+        raise MedVQAUserError("--nodes", "must be at least 1")
+    zero_stage = int(recipe.training.zero_stage if zero_stage is None else zero_stage)
+    if zero_stage not in ZERO_STAGES:
+        raise MedVQAUserError("--zero", f"ZeRO stage must be one of {list(ZERO_STAGES)}")
     if not gpu_memory_gb > 0:
         raise MedVQAUserError("--gpu-memory", "must be a positive number of GiB")
     batch = int(per_device_batch or recipe.stage_value(stage, "per_device_train_batch_size"))
@@ -516,9 +608,13 @@ def plan_memory(
         recipe.training.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     )
     dtype, a = _dtype_bytes(recipe, device)
-    ranks = gpus if device == "cuda" else 1
+    ranks = gpus * nodes if device == "cuda" else 1
     if stage == "clip":
-        return _plan_clip(recipe, gpus, ranks, gpu_memory_gb, batch, dtype, a, checkpointing, device)
+        plan = _plan_clip(
+            recipe, gpus, ranks, gpu_memory_gb, batch, dtype, a, checkpointing, device, zero_stage
+        )
+        plan.nodes, plan.zero_stage = nodes, zero_stage
+        return plan
 
     config = model_config_for_recipe(recipe)
     text = config.text_config
@@ -538,12 +634,13 @@ def plan_memory(
 
     # Weights, gradients, optimizer states.
     notes: list[str] = []
+    gathered = 0
     if device == "cuda":
-        weights = counts.total * a
+        weights, gathered = zero_weight_bytes(counts, a, ranks, zero_stage, h)
         bucket = 2 * min(h * h, max(counts.trainable, 1)) * 4  # two reduce buckets (overlap_comm), fp32
         gradients = math.ceil(counts.trainable * (4 + 4) / ranks) + bucket
         optimizer = math.ceil(counts.trainable * ((4 if a < 4 else 0) + 8) / ranks)
-        notes.append(f"DeepSpeed ZeRO-2 over {gpus} rank(s): gradients and optimizer states sharded 1/{gpus}")
+        notes.append(_zero_note(zero_stage, gpus, nodes, gathered))
     else:
         weights = counts.total * 4
         gradients = counts.trainable * 4
@@ -658,10 +755,39 @@ def plan_memory(
         logits_fused=int(logits_fused),
         logits_plain=int(logits_plain),
         notes=notes,
+        nodes=nodes,
+        zero_stage=zero_stage,
+        weights_gathered=int(gathered),
     )
 
 
-def _plan_clip(recipe, gpus, ranks, gpu_memory_gb, batch, dtype, a, checkpointing, device) -> Plan:
+def zero_weight_bytes(
+    counts: ParamCounts, a: int, ranks: int, zero_stage: int, hidden_size: int
+) -> tuple[int, int]:
+    """(weight bytes per rank, of which gathered working set) under ZeRO ``zero_stage`` over ``ranks`` ranks."""
+    if zero_stage < 3:
+        return counts.total * a, 0
+    sharded = counts.total - counts.persistent
+    gathered = zero3_gathered_elements(counts, hidden_size) * a
+    return math.ceil(sharded * a / ranks) + counts.persistent * a + gathered, gathered
+
+
+def _zero_note(zero_stage: int, gpus: int, nodes: int, gathered: int) -> str:
+    ranks = gpus * nodes
+    where = f"{ranks} rank(s)" + (f" ({nodes} nodes x {gpus} GPUs)" if nodes > 1 else "")
+    if zero_stage < 3:
+        return (
+            f"DeepSpeed ZeRO-2 over {where}: gradients and optimizer states sharded 1/{ranks}, weights whole"
+        )
+    return (
+        f"DeepSpeed ZeRO-3 over {where}: weights, gradients and optimizer states sharded 1/{ranks}; "
+        f"the weights line includes {gathered / GIB:.2f} GiB gathered at a time"
+    )
+
+
+def _plan_clip(
+    recipe, gpus, ranks, gpu_memory_gb, batch, dtype, a, checkpointing, device, zero_stage=2
+) -> Plan:
     shapes = _clip_shapes(recipe.model.vision)
     vit = shapes.vit
     image_tokens = (shapes.image_size // vit["patch_size"]) ** 2
@@ -682,11 +808,10 @@ def _plan_clip(recipe, gpus, ranks, gpu_memory_gb, batch, dtype, a, checkpointin
     )
     logits = 3 * batch * batch * gpus * 4  # image-text similarities, their softmax and gradient (fp32)
     params = shapes.params
+    gathered = 0
     if device == "cuda":
-        weights, gradients = (
-            params * a,
-            math.ceil(params * 8 / ranks) + 2 * min(vit["hidden_size"] ** 2, params) * 4,
-        )
+        weights, gathered = zero_weight_bytes(shapes.zero3, a, ranks, zero_stage, vit["hidden_size"])
+        gradients = math.ceil(params * 8 / ranks) + 2 * min(vit["hidden_size"] ** 2, params) * 4
         optimizer = math.ceil(params * ((4 if a < 4 else 0) + 8) / ranks)
     else:
         weights, gradients, optimizer = params * 4, params * 4, params * 8
@@ -720,7 +845,9 @@ def _plan_clip(recipe, gpus, ranks, gpu_memory_gb, batch, dtype, a, checkpointin
         activations_no_checkpointing=int(act_plain),
         logits_fused=int(logits),
         logits_plain=int(logits),
-        notes=["open_clip model trained in full (vision + text tower); the MedVQA model is not loaded"],
+        notes=["open_clip model trained in full (vision + text tower); the MedVQA model is not loaded"]
+        + ([_zero_note(zero_stage, gpus, ranks // gpus, gathered)] if device == "cuda" else []),
+        weights_gathered=int(gathered),
     )
 
 
@@ -750,7 +877,7 @@ def largest_fitting_batch(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, type=Path, help="recipe YAML")
-    parser.add_argument("--gpus", required=True, type=int, help="GPUs (data-parallel ranks)")
+    parser.add_argument("--gpus", required=True, type=int, help="GPUs per node")
     parser.add_argument(
         "--gpu-memory", required=True, type=float, help="memory of one GPU in GiB (A100 40GB: 40)"
     )
@@ -759,6 +886,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch", type=int, help="per-device batch (default: the recipe's)")
     parser.add_argument("--seq-len", type=int, help="tokens per example incl. image tokens")
+    parser.add_argument("--nodes", type=int, default=1, help="machines, each with --gpus GPUs (default 1)")
+    parser.add_argument(
+        "--zero",
+        type=int,
+        choices=ZERO_STAGES,
+        help="DeepSpeed ZeRO stage (default: the recipe's training.zero_stage)",
+    )
     parser.add_argument("--plain-logits", action="store_true", help="plan without TRL's fused LM head")
     parser.add_argument("--json", action="store_true", help="print the plans as JSON instead of a table")
 
@@ -771,7 +905,9 @@ def format_plan(plan: Plan, largest: int) -> str:
     """The table ``medvqa plan`` prints for one stage."""
     detail = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in plan.trainable_detail.items())
     head = [
-        f"stage {plan.stage}: recipe {plan.recipe}, {plan.gpus} x {plan.gpu_memory_bytes / GIB:g} GiB, "
+        f"stage {plan.stage}: recipe {plan.recipe}, "
+        + (f"{plan.nodes} nodes x " if plan.nodes > 1 else "")
+        + f"{plan.gpus} x {plan.gpu_memory_bytes / GIB:g} GiB, "
         f"{plan.dtype}, {'CUDA' if plan.device == 'cuda' else 'CPU'}",
         f"  parameters {plan.total_params / 1e9:.3f} B, trainable {plan.trainable_params / 1e6:.1f} M ({detail})",
         f"  per-device batch {plan.per_device_batch}, sequence {plan.seq_len} tokens"
@@ -782,25 +918,28 @@ def format_plan(plan: Plan, largest: int) -> str:
         )
         + f", gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}",
         "",
-        f"  {'component':<42}{'GiB/GPU':>8}  share",
+        f"  {'component':<46}{'GiB/GPU':>8}  share",
     ]
+    zero = f" (ZeRO-{plan.zero_stage}, 1/{plan.ranks})" if plan.device == "cuda" else ""
     labels = {
-        "weights": f"weights ({plan.dtype})",
-        "gradients": "gradients" + (f" (ZeRO-2, 1/{plan.gpus})" if plan.device == "cuda" else ""),
-        "optimizer_states": "AdamW states" + (f" (ZeRO-2, 1/{plan.gpus})" if plan.device == "cuda" else ""),
+        "weights": f"weights ({plan.dtype}"
+        + (f", ZeRO-3 1/{plan.ranks} + gathered" if plan.device == "cuda" and plan.zero_stage == 3 else "")
+        + ")",
+        "gradients": "gradients" + zero,
+        "optimizer_states": "AdamW states" + zero,
         "activations": "activations" + (" (checkpointed)" if plan.gradient_checkpointing else ""),
         "logits": "logits"
         + (" (fused head, beyond working set)" if plan.fused_lm_head else " (plain, beyond working set)"),
         "overhead": "CUDA/framework overhead",
     }
-    rows = [f"  {labels[k]:<42}{_gib(v)}  {100 * v / plan.total:4.1f}%" for k, v in plan.breakdown.items()]
+    rows = [f"  {labels[k]:<46}{_gib(v)}  {100 * v / plan.total:4.1f}%" for k, v in plan.breakdown.items()]
     other_act = (
         plan.activations_no_checkpointing if plan.gradient_checkpointing else plan.activations_checkpointing
     )
     tail = [
-        f"  {'total':<42}{_gib(plan.total)}",
-        f"  {'GPU memory':<42}{_gib(plan.gpu_memory_bytes)}",
-        f"  {'headroom':<42}{_gib(plan.headroom)}",
+        f"  {'total':<46}{_gib(plan.total)}",
+        f"  {'GPU memory':<46}{_gib(plan.gpu_memory_bytes)}",
+        f"  {'headroom':<46}{_gib(plan.headroom)}",
         "",
         f"  activations {'without' if plan.gradient_checkpointing else 'with'} gradient checkpointing would be "
         f"{other_act / GIB:.2f} GiB; plain logits {plan.logits_plain / GIB:.2f} GiB "
@@ -820,7 +959,12 @@ def run(args: argparse.Namespace) -> int:
     )  # peft/transformers deprecation notes on meta models
     recipe = load_recipe(args.recipe)
     stages = [s for s in STAGES if recipe.stage(s).enabled] if args.stage == "all" else [args.stage]
-    kwargs: dict[str, Any] = {"seq_len": args.seq_len, "fused_lm_head": not args.plain_logits}
+    kwargs: dict[str, Any] = {
+        "seq_len": args.seq_len,
+        "fused_lm_head": not args.plain_logits,
+        "nodes": args.nodes,
+        "zero_stage": args.zero,
+    }
     plans, out = [], []
     for stage in stages:
         plan = plan_memory(recipe, stage, args.gpus, args.gpu_memory, args.batch, **kwargs)

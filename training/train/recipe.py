@@ -40,7 +40,12 @@ class TrainingSettings:
 
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 8
-    num_gpus: int = 2  # the launch the recipe is written for; the global batch is checked against it
+    num_gpus: int = (
+        2  # the launch the recipe is written for (all GPUs of all nodes); the global batch uses it
+    )
+    zero_stage: int = (
+        2  # the DeepSpeed ZeRO stage it is written for (`medvqa plan`'s default; the launch decides)
+    )
     bf16: bool = True
     optim: str = "adamw_torch"
     lr_scheduler_type: str = "cosine"
