@@ -119,7 +119,7 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError, match="empty file") as err:
         load_medical_image(tmp_path / "empty.png")
     assert str(tmp_path / "empty.png") in str(err.value) and isinstance(err.value, MedVQAUserError)
-    with pytest.raises(ImageLoadError, match="not a file"):
+    with pytest.raises(ImageLoadError, match="is a directory"):
         load_medical_image(tmp_path)
 
 
