@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,8 @@ def validate_record(rec: object, where: str) -> dict[str, Any]:
         isinstance(rec["options"], list) and all(isinstance(o, str) for o in rec["options"])
     ):
         raise MedVQAUserError(where, "field 'options' must be a list of strings")
+    if "\0" in rec["image"]:  # no file system accepts it; open() would raise ValueError far from here
+        raise MedVQAUserError(where, "field 'image' contains a NUL byte")
     if rec.get("answer_type", "open") not in ANSWER_TYPES:
         raise MedVQAUserError(where, f"answer_type must be one of {ANSWER_TYPES}, not {rec['answer_type']!r}")
     return rec
@@ -188,7 +192,7 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     Raises:
         MedVQAUserError: missing file, or a line that is not a JSON object (named ``file:line``).
     """
-    for _, obj in _iter_numbered(Path(path)):
+    for _, obj in iter_jsonl_numbered(path):
         yield obj
 
 
@@ -196,8 +200,8 @@ def read_jsonl(path: str | os.PathLike[str], *, validate: bool = False) -> list[
     """All objects of a JSONL file; with ``validate=True`` each is checked against the record schema."""
     p = Path(path)
     if not validate:
-        return [obj for _, obj in _iter_numbered(p)]
-    return [validate_record(obj, f"{p}:{lineno}") for lineno, obj in _iter_numbered(p)]
+        return [obj for _, obj in iter_jsonl_numbered(p)]
+    return [validate_record(obj, f"{p}:{lineno}") for lineno, obj in iter_jsonl_numbered(p)]
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -205,32 +209,96 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return read_jsonl(path, validate=True)
 
 
-def _iter_numbered(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+MAX_LINE_BYTES = 64 << 20
+"""Longest JSONL line read (a record is a few hundred bytes; a longer line is not a record file)."""
+
+_EOL = re.compile(rb"\r\n|\r|\n")  # the line ends Python's universal newlines accept, no others
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _physical_lines(fh: Any, p: Path) -> Iterator[bytes]:
+    """The lines of a binary file split at LF, CRLF or a lone CR, read in 1 MiB pieces.
+
+    Splitting the bytes (not the decoded text) keeps every line number true: a text-mode reader decodes ahead,
+    so a bad byte would be reported on an earlier line.  A JSON text cannot hold a raw CR, so a CR is always a
+    line end.
+    """
+    pending = b""
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        data = pending + chunk
+        cut = len(data) - 1 if data.endswith(b"\r") else len(data)  # a final CR may be half of a CRLF
+        parts = _EOL.split(data[:cut])
+        pending = parts.pop() + data[cut:]
+        if len(pending) > MAX_LINE_BYTES:
+            raise MedVQAUserError(p, f"a line longer than {MAX_LINE_BYTES} bytes: not a JSONL record file")
+        yield from parts
+    if pending:
+        yield from _EOL.split(pending)
+
+
+def iter_jsonl_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line of a JSONL file, from one read of the file.
+
+    Lines end at LF, CRLF or CR; every line must be UTF-8 (a BOM before the first line is skipped) and one JSON
+    object.
+
+    Raises:
+        MedVQAUserError: a missing file, a folder / FIFO / device (never opened), and ``file:line`` for a line
+            that is not UTF-8, not JSON (malformed, nested too deeply, an integer too long to convert, a lone
+            surrogate escape) or not an object.
+    """
+    p = Path(path)
     try:
-        fh = open(p, encoding="utf-8")
+        st = p.stat()
     except FileNotFoundError:
         raise MedVQAUserError(p, "no such file") from None
+    except (OSError, ValueError) as exc:  # ELOOP, EACCES, ...; ValueError: a NUL byte in the path
+        raise MedVQAUserError(p, f"cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MedVQAUserError(p, "is a directory, not a JSONL file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, a device would never end
+        raise MedVQAUserError(p, "not a regular file (FIFO, socket or device)")
+    try:
+        fh = open(p, "rb")
     except OSError as exc:
         raise MedVQAUserError(p, f"cannot read ({exc.strerror or exc})") from None
     with fh:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(fh, 1):  # noqa: B007 (lineno is used after a decode error)
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise MedVQAUserError(
-                        f"{p}:{lineno}", f"malformed JSON ({exc.msg} at column {exc.colno})"
-                    ) from None
-                if not isinstance(obj, dict):
-                    raise MedVQAUserError(
-                        f"{p}:{lineno}", f"expected a JSON object, got {type(obj).__name__}"
-                    )
+        for lineno, raw in enumerate(_physical_lines(fh, p), 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as Windows editors write it
+                raw = raw[3:]
+            obj = _parse_line(raw, f"{p}:{lineno}")
+            if obj is not None:
                 yield lineno, obj
-        except UnicodeDecodeError:
-            raise MedVQAUserError(f"{p}:{lineno + 1}", "not UTF-8 text") from None
+
+
+def _parse_line(raw: bytes, where: str) -> dict[str, Any] | None:
+    """One JSONL line as an object, None when blank; MedVQAUserError naming ``where`` otherwise."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MedVQAUserError(
+            where, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+        ) from None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise MedVQAUserError(where, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise MedVQAUserError(where, "JSON nested too deeply") from None
+    except ValueError:  # the one other ValueError: an integer longer than sys.get_int_max_str_digits()
+        raise MedVQAUserError(
+            where, f"an integer of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+    if not isinstance(obj, dict):
+        raise MedVQAUserError(where, f"expected a JSON object, got {type(obj).__name__}")
+    if _SURROGATE_ESCAPE.search(line):
+        try:  # a lone \ud800 escape parses, but no UTF-8 writer downstream could write it back
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MedVQAUserError(where, "a \\u escape that is not valid Unicode (lone surrogate)") from None
+    return obj
 
 
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> int:

@@ -3,24 +3,16 @@ the record schema): the fields a predictions line must have, and ``file:line`` i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from training.data.records import ANSWER_TYPES, iter_jsonl, validate_record, write_jsonl
+from training.data.records import ANSWER_TYPES, iter_jsonl_numbered, validate_record, write_jsonl
 from training.errors import MedVQAUserError
 from training.evaluation.scorers import prefix_choice
 
 __all__ = ["read_jsonl", "read_jsonl_lines", "write_jsonl"]
-
-
-def _nonblank_line_numbers(path: Path) -> Iterator[int]:
-    # iter_jsonl skips blank lines; this pairs each of its objects with its line number
-    with path.open("rb") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if line.decode("utf-8", "replace").strip():
-                yield lineno
 
 
 def read_jsonl_lines(
@@ -33,15 +25,14 @@ def read_jsonl_lines(
         schema: also check the full record schema (``training.data.records.validate_record``), as for eval data.
 
     Raises:
-        MedVQAUserError: missing/unreadable file, a line that is not a JSON object, a ``required`` field missing
+        MedVQAUserError: missing/unreadable file, a line that is not UTF-8 or not a JSON object (line ends LF,
+            CRLF or CR; see ``training.data.records.iter_jsonl_numbered``), a ``required`` field missing
             or not a string, an ``answer_type`` other than yes_no/open, ``options`` not a list, an
             ``mc_prefix_choice`` that is not an index of ``options``. The subject is
             ``file:line``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MedVQAUserError(path, "no such file")
-    pairs = zip(_nonblank_line_numbers(path), iter_jsonl(path))
+    pairs = iter_jsonl_numbered(path)  # one read: each record comes with the number of the line it was on
     out = []
     for lineno, record in islice(pairs, limit):
         where = f"{path}:{lineno}"
