@@ -15,8 +15,12 @@ Every row ends in exactly one bucket:
 
 rejected
     ``malformed_row`` (not an object; question, gt_answer, image_path or question_id missing or not text; an
-    image path outside ROOT), ``duplicate_question_id`` (same id twice in one dataset), ``missing_image``,
-    ``unreadable_image`` (empty, not an image format, or -- with ``--verify-images`` -- not decodable).
+    image path that is absolute, climbs out of ROOT with ``..`` or holds a NUL byte), ``duplicate_question_id``
+    (same id twice in one dataset), ``missing_image``, ``image_outside_root`` (a symlink that resolves outside
+    ROOT: neither read nor recorded), ``unreadable_image`` (empty, not an image format, a folder, FIFO or device,
+    larger than ``training.data.safe_files.MAX_IMAGE_BYTES``, or -- with ``--verify-images`` -- not
+    decodable).  Files are read through ``training.data.safe_files``: regular files only, never more than a
+    bounded number of bytes.
 needs_review
     ``unknown_modality`` (no canonical name for the modality string) and the question / answer reasons of
     ``training.data.questions`` (``statement_choice``, ``negated_choice``, ``refers_to_options``,
@@ -39,7 +43,6 @@ image with ``training.images.load_medical_image``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import posixpath
@@ -60,6 +63,7 @@ from training.data.records import (
     dedupe_options,
     write_jsonl,
 )
+from training.data.safe_files import UnsafeFile, hash_file, inside, read_table, row_path
 from training.data.splits import SPLITS, ImageInfo, assign_splits, check_ratios, split_membership
 from training.errors import MedVQAUserError
 
@@ -127,10 +131,14 @@ def iter_release(root: Path) -> Iterator[tuple[str, str, int, Any]]:
     files = sorted(qa_dir.glob("*/*.json"))
     if not files:
         raise MedVQAUserError(qa_dir, "no QA files (expected <access folder>/<Dataset>.json)")
+    root_real = root.resolve()
     for f in files:
+        data = read_table(f, root_real)  # regular, inside ROOT, bounded: never a FIFO or /dev/zero
         try:
-            rows = json.loads(f.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            rows = json.loads(data)
+        except RecursionError:
+            raise MedVQAUserError(f, "malformed QA file (JSON nested too deeply)") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
             raise MedVQAUserError(f, f"malformed QA file ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(rows, list):
             raise MedVQAUserError(f, f"expected a JSON list of rows, got {type(rows).__name__}")
@@ -144,7 +152,9 @@ class _ImageChecker:
 
     def __init__(self, root: Path, mode: str) -> None:
         self.root, self.mode = root, mode
-        self.result: dict[str, tuple[str | None, str | None]] = {}  # path -> (reject reason, sha)
+        self.root_real = root.resolve()
+        # path -> (reject reason, sha or the reason's detail)
+        self.result: dict[str, tuple[str | None, str | None]] = {}
 
     def __call__(self, rel: str) -> tuple[str | None, str | None]:
         hit = self.result.get(rel)
@@ -153,25 +163,26 @@ class _ImageChecker:
         return hit
 
     def _check(self, rel: str) -> tuple[str | None, str | None]:
-        path = self.root / rel
+        # Only a regular file inside ROOT after resolving symlinks is read, at most MAX_IMAGE_BYTES of it.
         try:
-            data = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return "missing_image", None
-        except OSError:
-            return "unreadable_image", None
-        if not data or not (
-            data.startswith(_MAGIC) or data[128:132] == b"DICM" or rel.endswith((".nii", ".dcm"))
+            real = inside(self.root_real, self.root / rel)
+            sha, head = hash_file(real)
+        except UnsafeFile as exc:
+            return exc.reason, f"{rel}: {exc.detail}"
+        except OSError as exc:
+            return "unreadable_image", f"{rel}: {exc.strerror or exc}"
+        if not head or not (
+            head.startswith(_MAGIC) or head[128:132] == b"DICM" or rel.endswith((".nii", ".dcm"))
         ):
-            return "unreadable_image", None
+            return "unreadable_image", f"{rel}: empty or not an image format"
         if self.mode == "decode":
             from training.images import ImageLoadError, load_medical_image
 
             try:
-                load_medical_image(path)
-            except ImageLoadError:
-                return "unreadable_image", None
-        return None, hashlib.sha256(data).hexdigest()
+                load_medical_image(real)
+            except ImageLoadError as exc:
+                return "unreadable_image", f"{rel}: {exc.reason}"
+        return None, sha
 
 
 def _text(v: Any) -> str | None:
@@ -236,9 +247,10 @@ def convert_rows(
             missing = [k for k in _REQUIRED if _text(get(k)) is None]
             reject(qa_file, i, "malformed_row", "missing or empty: " + ", ".join(missing), raw=row)
             continue
-        image_key = posixpath.normpath(image_path.replace("\\", "/"))
-        if image_key.startswith(("/", "../")) or image_key == "..":
-            reject(qa_file, i, "malformed_row", "image_path outside the release", raw=row)
+        try:
+            image_key = row_path(image_path)  # relative, inside the release, no NUL byte
+        except UnsafeFile as exc:
+            reject(qa_file, i, exc.reason, exc.detail, raw=row)
             continue
         dataset = _text(get("dataset")) or posixpath.splitext(posixpath.basename(qa_file))[0]
         modality_raw = _text(get("modality_type")) or _text(get("modality")) or ""
@@ -274,7 +286,7 @@ def convert_rows(
         seen_ids[qid] = dataset
         bad, sha = check_image(image_key)
         if bad:
-            reject(qa_file, i, bad, image_key, rec)
+            reject(qa_file, i, bad, sha or image_key, rec)  # for a rejected image, sha holds the detail
             continue
 
         modality = canonical_modality(modality_raw)

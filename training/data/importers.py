@@ -44,6 +44,7 @@ from training.data.records import (
     make_record,
     write_jsonl,
 )
+from training.data.safe_files import MAX_TABLE_BYTES, UnsafeFile, check_regular, dataset_image, read_table
 from training.errors import MedVQAUserError
 
 FORMATS = ("vqa-rad", "slake", "pathvqa", "pmc-vqa")
@@ -123,19 +124,32 @@ def _str(v: Any) -> str | None:
 
 
 def _parquet_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
+    if not path.is_dir():
+        return [_regular_table(path)]
     files = sorted(path.rglob("*.parquet"))
     if not files:
         raise MedVQAUserError(path, "no .parquet files (expected the Hugging Face dataset files)")
-    return files
+    return [_regular_table(f) for f in files]
+
+
+def _regular_table(f: Path) -> Path:
+    """``f`` if it is a regular file (a FIFO would block the reader, a folder named ``*.csv`` is no table)."""
+    try:
+        check_regular(f, MAX_TABLE_BYTES)
+    except UnsafeFile as exc:
+        raise MedVQAUserError(f, exc.detail) from None
+    return f
 
 
 def _import_parquet(fmt: str, path: Path, out: Path, sink: _Sink) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     dataset = _DATASET_NAMES[fmt]
     modality = "Microscopy" if fmt == "pathvqa" else UNKNOWN_MODALITY
+    rows_of_split: Counter[str] = (
+        Counter()
+    )  # shards of one split continue the numbering: unique ids and images
     for f in _parquet_files(path):
         try:
             pf = pq.ParquetFile(f)
@@ -147,34 +161,55 @@ def _import_parquet(fmt: str, path: Path, out: Path, sink: _Sink) -> None:
         split = _split_name(f.stem)
         img_dir = out / "images" / split
         img_dir.mkdir(parents=True, exist_ok=True)
-        row = 0
-        for batch in pf.iter_batches(batch_size=512, columns=["image", "question", "answer"]):
-            for item in batch.to_pylist():
-                sink.input_rows += 1
-                qid = f"{dataset}-{split}-{row:06d}"
-                row += 1
-                question, answer = _str(item.get("question")), _str(item.get("answer"))
-                image = item.get("image")
-                rec = make_record(
-                    question_id=qid, dataset=dataset, question=question or "", answer=clean_answer(answer or ""),
-                    modality=modality, modality_raw="", question_type="Unknown",
-                    source=f"{fmt}:{f.name}", split=split,
-                )  # fmt: skip
-                if not question or not answer:
-                    sink.add(rec, "malformed_row", "missing question or answer", reject=True)
-                    continue
-                data = image.get("bytes") if isinstance(image, dict) else None
-                ext = _image_ext(data) if data else None
-                if not data or ext is None:
-                    sink.add(
-                        rec, "unreadable_image" if data else "missing_image", f"row {row - 1}", reject=True
-                    )
-                    continue
-                name = f"{qid}{ext}"
-                (img_dir / name).write_bytes(data)
-                rec["image"] = f"images/{split}/{name}"
-                rec["question"] = " ".join(question.split())
-                sink.add(rec)
+        try:
+            for batch in pf.iter_batches(batch_size=512, columns=["image", "question", "answer"]):
+                _parquet_batch(
+                    batch.to_pylist(), f, fmt, dataset, modality, split, img_dir, rows_of_split, sink
+                )
+        except (pa.ArrowException, OSError) as exc:  # a damaged page or column chunk
+            raise MedVQAUserError(
+                f, f"corrupt parquet data ({type(exc).__name__}: {exc})".split("\n")[0]
+            ) from None
+
+
+def _parquet_batch(
+    items: list[dict[str, Any]],
+    f: Path,
+    fmt: str,
+    dataset: str,
+    modality: str,
+    split: str,
+    img_dir: Path,
+    rows_of_split: Counter[str],
+    sink: _Sink,
+) -> None:
+    """One record batch of a parquet shard; ``rows_of_split`` numbers the rows of each split across shards."""
+    for item in items:
+        sink.input_rows += 1
+        row = rows_of_split[split]
+        rows_of_split[split] += 1
+        qid = f"{dataset}-{split}-{row:06d}"
+        question, answer = _str(item.get("question")), _str(item.get("answer"))
+        image = item.get("image")
+        rec = make_record(
+            question_id=qid, dataset=dataset, question=question or "", answer=clean_answer(answer or ""),
+            modality=modality, modality_raw="", question_type="Unknown",
+            source=f"{fmt}:{f.name}", split=split,
+        )  # fmt: skip
+        if not question or not answer:
+            sink.add(rec, "malformed_row", "missing question or answer", reject=True)
+            continue
+        data = image.get("bytes") if isinstance(image, dict) else None
+        data = data if isinstance(data, bytes) else None
+        ext = _image_ext(data) if data else None
+        if not data or ext is None:
+            sink.add(rec, "unreadable_image" if data else "missing_image", f"{f.name} {qid}", reject=True)
+            continue
+        name = f"{qid}{ext}"
+        (img_dir / name).write_bytes(data)
+        rec["image"] = f"images/{split}/{name}"
+        rec["question"] = " ".join(question.split())
+        sink.add(rec)
 
 
 # ------------------------------------------------------------------------------------------------ SLAKE ----
@@ -185,11 +220,15 @@ def _import_slake(path: Path, out: Path, sink: _Sink) -> None:
     if not files:
         raise MedVQAUserError(path, "no SLAKE train.json / validation.json / test.json")
     img_root = path / "imgs"
-    rel_root = Path(os.path.relpath(img_root.resolve(), out.resolve())).as_posix()
+    img_real = img_root.resolve()
+    rel_root = Path(os.path.relpath(img_real, out.resolve())).as_posix()
     for f in files:
+        data = read_table(f)  # a regular file of bounded size: never a FIFO or /dev/zero
         try:
-            rows = json.loads(f.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            rows = json.loads(data.decode("utf-8-sig"))
+        except RecursionError:
+            raise MedVQAUserError(f, "malformed JSON (nested too deeply)") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
             raise MedVQAUserError(f, f"malformed JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(rows, list):
             raise MedVQAUserError(f, "expected a JSON list")
@@ -213,10 +252,13 @@ def _import_slake(path: Path, out: Path, sink: _Sink) -> None:
             )  # fmt: skip
             if not question or not answer or not img:
                 sink.add(rec, "malformed_row", "missing question, answer or img_name", reject=True)
-            elif not (img_root / img).is_file():
-                sink.add(rec, "missing_image", img, reject=True)
-            else:
-                sink.add(rec)
+                continue
+            try:  # inside imgs/ after resolving symlinks, a regular file; recorded at the path checked
+                rec["image"] = f"{rel_root}/{dataset_image(img_real, img)}"
+            except UnsafeFile as exc:
+                sink.add(rec, exc.reason, f"{img!r}: {exc.detail}", reject=True)
+                continue
+            sink.add(rec)
 
 
 # ---------------------------------------------------------------------------------------------- PMC-VQA ----
@@ -233,12 +275,14 @@ def _import_pmc(path: Path, out: Path, sink: _Sink) -> None:
     files = [path] if path.is_file() else sorted(path.glob("*.csv"))
     if not files:
         raise MedVQAUserError(path, "no PMC-VQA .csv files")
-    img_dir = _pmc_image_dir(path if path.is_dir() else path.parent)
-    rel_root = Path(os.path.relpath(img_dir.resolve(), out.resolve())).as_posix()
+    img_dir = _pmc_image_dir(path if path.is_dir() else path.parent).resolve()
+    rel_root = Path(os.path.relpath(img_dir, out.resolve())).as_posix()
     needed = {"Figure_path", "Question", "Answer", "Choice A", "Choice B"}
     for f in files:
         split = _split_name(f.stem)
-        with open(f, newline="", encoding="utf-8") as fh:
+        _regular_table(f)  # a folder named *.csv or a FIFO is refused before it is opened
+        # utf-8-sig: a BOM (as Excel writes CSV) would otherwise glue itself to the first column's name
+        with open(f, newline="", encoding="utf-8-sig") as fh:
             try:
                 reader = csv.DictReader(fh)
                 fields = {c.strip() for c in reader.fieldnames or []}
@@ -266,8 +310,10 @@ def _pmc_row(
     if not question or not answer or not fig:
         sink.add(rec, "malformed_row", "missing Question, Answer or Figure_path", reject=True)
         return
-    if not (img_dir / fig).is_file():
-        sink.add(rec, "missing_image", fig, reject=True)
+    try:  # inside the image folder after resolving symlinks, a regular file; recorded at the path checked
+        rec["image"] = f"{rel_root}/{dataset_image(img_dir, fig)}"
+    except UnsafeFile as exc:
+        sink.add(rec, exc.reason, f"{fig!r}: {exc.detail}", reject=True)
         return
     new_q, _, q_reason = rewrite_question(rec["question"])
     ans, _, a_reason = resolve_answer(rec["answer"], slots)
