@@ -24,6 +24,7 @@ setup(
         "pydicom>=3.0",
         "nibabel>=5.0",
         "scikit-image>=0.24",
+        "tifffile",  # TIFFs Pillow has no mode for (float64 gray ...); also a scikit-image dependency
         "datasets>=3.0",
         "pyyaml",
         "matplotlib",
