@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import struct
 import urllib.parse
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.errors import MedVQAUserError
+from training.file_checks import read_json_object, read_yaml, sniff
 
 if TYPE_CHECKING:  # huggingface_hub is imported inside functions: `medvqa --help` stays fast
     from huggingface_hub import EvalResult, ModelCard
@@ -33,6 +35,8 @@ LICENSE = "llama3"  # the merged weights contain Llama 3's, so its license gover
 PAPER_ARXIV = "2504.05575"
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 RECIPE_IN_FOLDER = "training_recipe.yaml"
+# The last line of every card this command writes: only a README.md ending with it is ever overwritten.
+CARD_MARKER = "<!-- written by `medvqa card`; running it again replaces this file -->"
 DEFAULT_EVAL_DATASET = "OmniMedVQA (open-ended conversion, held-out test split)"
 TASK_TYPE = "visual-question-answering"
 
@@ -227,13 +231,7 @@ def _slug(name: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MedVQAUserError(path, f"not readable as JSON ({exc.__class__.__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise MedVQAUserError(path, "expected a JSON object")
-    return data
+    return read_json_object(path, path.name)
 
 
 def _hub_id(value: Any) -> str | None:
@@ -283,7 +281,7 @@ def base_models(config: dict | None, adapter_config: dict | None = None) -> list
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.glob("*.safetensors") if p.is_file())
+    return sorted(p for p in model_dir.glob("*.safetensors") if p.is_file() and not p.is_symlink())
 
 
 def _safetensors_parameters(files: list[Path]) -> tuple[int, list[str]] | None:
@@ -689,8 +687,10 @@ def build_card(
     adapter_only = adapter_config is not None and not has_full_weights
     adapter_base = _hub_id(adapter_config.get("base_model_name_or_path")) if adapter_config else None
 
-    files = {p.name for p in model_dir.iterdir() if p.is_file()}
-    charts = sorted(f for f in files if f.lower().endswith(".png"))
+    # Regular files only (a symlink could point anywhere); a chart must be a PNG by content, not only by name:
+    # a DICOM renamed scan.png is never embedded.
+    files = {p.name for p in model_dir.iterdir() if p.is_file() and not p.is_symlink()}
+    charts = sorted(f for f in files if f.lower().endswith(".png") and sniff(model_dir / f) == "png")
     if eval_dataset is None:
         eval_dataset = (
             report.get("dataset") if isinstance(report.get("dataset"), str) else DEFAULT_EVAL_DATASET
@@ -768,13 +768,8 @@ def _listed(value: Any) -> list:
 
 def load_recipe(path: str | Path) -> dict:
     """A YAML recipe as a dict (MedVQAUserError when unreadable or not a mapping)."""
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise MedVQAUserError(path, f"not readable as YAML ({exc.__class__.__name__})") from exc
+    data = read_yaml(path, "recipe")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -810,10 +805,43 @@ def write_card(
         if not Path(recipe_path).is_file():
             raise MedVQAUserError(recipe_path, "recipe not found")
         recipe = load_recipe(recipe_path)
-    card = build_card(model_dir, report, recipe, repo_id=repo_id, eval_dataset=eval_dataset)
     out = model_dir / "README.md"
-    card.save(out)
+    check_readme_writable(out)  # before building: a refusal must not cost the card's work
+    card = build_card(model_dir, report, recipe, repo_id=repo_id, eval_dataset=eval_dataset)
+    text = card.content.rstrip("\n") + "\n\n" + CARD_MARKER + "\n"
+    # Written beside and renamed over: a crash never leaves half a README, and a symlink is replaced, not followed.
+    tmp = out.with_name(f".README.md.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8", newline="")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise MedVQAUserError(out, f"cannot write the card ({exc.strerror or exc})") from None
     return out
+
+
+def check_readme_writable(readme: Path) -> None:
+    """Refuse to overwrite a README.md that ``medvqa card`` did not write (DESIGN.md §9: never destroy user files).
+
+    Accepted: no README.md, or one that ends with :data:`CARD_MARKER` (an earlier card, regenerated).
+    """
+    if readme.is_symlink():
+        raise MedVQAUserError(readme, "is a symbolic link; medvqa card writes only a real README.md")
+    if not readme.exists():
+        return
+    if not readme.is_file():
+        raise MedVQAUserError(readme, "exists and is not a regular file")
+    try:
+        with readme.open("rb") as fh:
+            fh.seek(max(0, readme.stat().st_size - 4096))
+            tail = fh.read().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise MedVQAUserError(readme, f"cannot read it ({exc.strerror or exc})") from None
+    if CARD_MARKER not in tail:
+        raise MedVQAUserError(
+            readme,
+            "exists and was not written by medvqa card; move it away (or delete it) to write the card",
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -133,5 +133,5 @@ def test_cli_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     (tmp_path / "other" / "precious.txt").write_text("keep")
     assert main(["data", "samples", "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
-    assert "is not a sample set" in err and err.count("\n") == 1
+    assert "not made by medvqa" in err and err.count("\n") == 1
     assert (tmp_path / "other" / "precious.txt").exists()

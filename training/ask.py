@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from training.cli_types import nonneg_int, positive_int
 from training.errors import MedVQAUserError
 from training.prompts import user_messages
 
@@ -21,15 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--image", required=True, help="PNG/JPEG/TIFF/DICOM/NIfTI file")
     parser.add_argument("--question", action="append", required=True, help="a question; repeat for several")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32)
     parser.add_argument(
-        "--frame", type=int, default=None, help="DICOM frame / NIfTI volume (default: middle)"
+        "--frame", type=nonneg_int, default=None, help="DICOM frame / NIfTI volume (default: middle)"
     )
     parser.add_argument(
-        "--axis", type=int, default=None, choices=[0, 1, 2], help="NIfTI axis (default: 2, axial)"
+        "--axis", type=nonneg_int, default=None, choices=[0, 1, 2], help="NIfTI axis (default: 2, axial)"
     )
     parser.add_argument(
-        "--slice", dest="slice_index", type=int, default=None, help="NIfTI slice (default: middle)"
+        "--slice", dest="slice_index", type=nonneg_int, default=None, help="NIfTI slice (default: middle)"
     )
 
 
@@ -41,10 +42,8 @@ def load_model(model: str | Path):
     looks_local = path.exists() or str(model).startswith((".", "/", "~"))
     if looks_local and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise MedVQAUserError(model, "not a model folder (no config.json or adapter_config.json)")
-    try:
-        return load_for_inference(model)
-    except OSError as exc:  # a Hub id that cannot be reached or does not exist
-        raise MedVQAUserError(model, f"cannot load the model ({str(exc).splitlines()[0]})") from None
+    # a local folder is checked (config, safetensors weights) inside; a Hub id that cannot be reached is a user error
+    return load_for_inference(model)
 
 
 def answer_questions(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -71,14 +72,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _HeldWarnings(logging.Handler):
+    """Holds library warnings (Python ``warnings`` and log records without a handler of their own) for the
+    duration of a command: shown at the end when it succeeds, dropped when it ends in a user error, whose one
+    line is then the only thing on stderr (a Pillow DecompressionBombWarning about the same image, or
+    bitsandbytes' notice about an optional CPU kernel, would otherwise come first)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def replay(self) -> None:
+        for record in self.records:
+            print(self.format(record), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medvqa`` console script."""
+    """Entry point of the ``medvqa`` console script.
+
+    The one error boundary of every command: a :class:`MedVQAUserError` (bad path, bad file, bad value) becomes
+    exit status 2 and one line on stderr naming the input; anything else is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
+    held = _HeldWarnings()
+    root = logging.getLogger()
+    root.addHandler(held)
+    logging.captureWarnings(True)
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
     except MedVQAUserError as exc:
-        print(f"medvqa {args.command}: error: {exc}".replace("\n", " "), file=sys.stderr)
+        name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"medvqa {name}: error: {exc}".replace("\n", " "), file=sys.stderr)
         return 2
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(held)
+    held.replay()
+    return code
 
 
 if __name__ == "__main__":

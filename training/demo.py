@@ -20,6 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from training.cli_types import random_seed
+from training.output_dir import MARKER, prepare_output_dir
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "configuration" / "recipes" / "tiny_cpu.yaml"
 STEPS = 6
@@ -30,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipe", type=Path, default=TINY_RECIPE, help="training recipe (default: tiny CPU)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="split seed")
+    parser.add_argument("--seed", type=random_seed, default=0, help="split seed")
 
 
 class _Steps:
@@ -74,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from training.train.recipe import load_recipe
 
     _quiet_libraries()
-    out: Path = args.out.resolve()  # the fresh-process step runs from another folder
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = prepare_output_dir(args.out, "demo").resolve()  # the fresh-process step runs from elsewhere
     steps = _Steps()
     data_dir, open_dir = out / "data" / "samples", out / "data" / "open"
 
@@ -120,9 +122,12 @@ def run(args: argparse.Namespace) -> int:
     model_dir = out / "model"
 
     def hub_folder() -> list[str]:
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        shutil.copytree(last.merged_dir, model_dir)
+        # new, or the folder an earlier demo run made: only then are its old files cleared
+        prepare_output_dir(model_dir, "demo")
+        for child in model_dir.iterdir():
+            if child.name != MARKER:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        shutil.copytree(last.merged_dir, model_dir, dirs_exist_ok=True)
         for name in ["report.json", "report.md", *[p.name for p in eval_dir.glob("*.png")]]:
             shutil.copy2(eval_dir / name, model_dir / name)
         shutil.copy2(Path(recipe.output_dir) / "training_recipe.yaml", model_dir / "training_recipe.yaml")

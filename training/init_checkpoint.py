@@ -17,7 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from training.cli_types import any_int, random_seed
 from training.errors import MedVQAUserError
+from training.file_checks import check_model_folder, read_json_object
+from training.output_dir import prepare_output_dir
 
 IMAGE_TOKEN = "<|image|>"
 # Pad with a token that is never a target: Llama-3.1's right-pad token, else a reserved one (Llama-3.0).
@@ -31,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", required=True, help="Llama-3 Hub id or folder (weights + tokenizer)")
     parser.add_argument("--out", required=True, type=Path, help="output model folder")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--vision-feature-layer", type=int, default=-2)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's initialisation")
+    parser.add_argument("--vision-feature-layer", type=any_int, default=-2)
+    parser.add_argument("--seed", type=random_seed, default=0, help="seed of the projector's initialisation")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,21 +53,16 @@ def run(args: argparse.Namespace) -> int:
 
 def normalize_open_clip_id(vision: str) -> str:
     """Accept ``hf-hub:``/``local-dir:`` ids and plain folders (as ``local-dir:``)."""
-    if vision.startswith(("hf-hub:", "local-dir:")):
-        if (
-            vision.startswith("local-dir:")
-            and not (Path(vision[len("local-dir:") :]) / "open_clip_config.json").is_file()
-        ):
-            raise MedVQAUserError(
-                vision, "no open_clip_config.json in that folder (an open_clip Hub-layout folder)"
-            )
+    if vision.startswith("hf-hub:"):
         return vision
-    if Path(vision).is_dir():
-        if not (Path(vision) / "open_clip_config.json").is_file():
+    folder = vision.removeprefix("local-dir:")
+    if vision.startswith("local-dir:") or Path(folder).is_dir():
+        if not (Path(folder) / "open_clip_config.json").is_file():
             raise MedVQAUserError(
                 vision, "no open_clip_config.json in that folder (an open_clip Hub-layout folder)"
             )
-        return f"local-dir:{vision}"
+        read_json_object(Path(folder) / "open_clip_config.json", "open_clip_config.json")
+        return f"local-dir:{folder}"
     raise MedVQAUserError(
         vision, "not an open_clip id (hf-hub:ORG/NAME or local-dir:PATH) nor an existing folder"
     )
@@ -181,16 +179,24 @@ def assemble_checkpoint(
     from modeling_medvqa.modeling_medvqa import MedVQAMultiModalProjector, MedVQAVisionTower
 
     torch_dtype = getattr(torch, dtype)
-    out_dir = Path(out_dir)
-    if Path(text).exists() and not (Path(text) / "config.json").is_file():
-        raise MedVQAUserError(text, "no config.json in that folder (a transformers Llama checkpoint)")
+    if Path(text).exists():
+        if not (Path(text) / "config.json").is_file():
+            raise MedVQAUserError(text, "no config.json in that folder (a transformers Llama checkpoint)")
+        check_model_folder(text)  # config.json readable, weights in safetensors
+    vision = normalize_open_clip_id(vision)
+    out_dir = prepare_output_dir(out_dir, "init")  # checked before the slow loads, written at the end
 
     clip_model, clip_cfg = load_open_clip(vision)
     vision_config = vision_config_from_open_clip(clip_model, clip_cfg)
-    text_config = AutoConfig.from_pretrained(text)
-    if text_config.model_type != "llama":
-        raise MedVQAUserError(text, f"model_type is {text_config.model_type!r}, expected a Llama checkpoint")
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text))
+    try:
+        text_config = AutoConfig.from_pretrained(text)
+        if text_config.model_type != "llama":
+            raise MedVQAUserError(
+                text, f"model_type is {text_config.model_type!r}, expected a Llama checkpoint"
+            )
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text))
+    except OSError as exc:  # a Hub id that cannot be reached, or a file transformers needs and cannot find
+        raise MedVQAUserError(text, f"cannot load the text model ({str(exc).splitlines()[0]})") from None
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_token_id < text_config.vocab_size:
         raise ValueError(
@@ -208,7 +214,7 @@ def assemble_checkpoint(
     # Build the shell on the meta device and move the real modules in: no 8B random initialisation, no copy.
     with torch.device("meta"):
         model = MedVQAForConditionalGeneration(config)
-    language = AutoModelForCausalLM.from_pretrained(text, dtype=torch_dtype)
+    language = AutoModelForCausalLM.from_pretrained(text, dtype=torch_dtype, use_safetensors=True)
     model.model.language_model = language.model
     model.lm_head = language.lm_head
     torch.manual_seed(seed)
@@ -238,7 +244,6 @@ def assemble_checkpoint(
     processor = MedVQAProcessor(
         image_processor=image_processor, tokenizer=tokenizer, image_seq_length=config.image_seq_length
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     (out_dir / "medvqa_init.json").write_text(

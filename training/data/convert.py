@@ -53,6 +53,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from training.cli_types import random_seed, ratio
 from training.data.audit import build_audit, write_audit
 from training.data.questions import resolve_answer, rewrite_question
 from training.data.records import (
@@ -66,6 +67,7 @@ from training.data.records import (
 from training.data.safe_files import UnsafeFile, hash_file, inside, read_table, row_path
 from training.data.splits import SPLITS, ImageInfo, assign_splits, check_ratios, split_membership
 from training.errors import MedVQAUserError
+from training.output_dir import prepare_output_dir
 
 _REQUIRED = ("question_id", "question", "gt_answer", "image_path")
 OPTION_KEYS = ("option_A", "option_B", "option_C", "option_D", "option_E", "option_F")
@@ -81,12 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--omnimedvqa", required=True, metavar="ROOT", help="OmniMedVQA release folder (or the samples)"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    parser.add_argument("--seed", type=random_seed, default=0, help="split seed (default 0)")
     parser.add_argument(
-        "--val-ratio", type=float, default=0.1, help="share of questions in val (default 0.1)"
+        "--val-ratio", type=ratio, default=0.1, help="share of questions in val (default 0.1)"
     )
     parser.add_argument(
-        "--test-ratio", type=float, default=0.1, help="share of questions in test (default 0.1)"
+        "--test-ratio", type=ratio, default=0.1, help="share of questions in test (default 0.1)"
     )
     parser.add_argument(
         "--holdout-datasets", nargs="*", default=[], metavar="NAME", help="datasets put entirely into test"
@@ -360,7 +362,7 @@ def convert_release(
     root_p, out_p = Path(root), Path(out_dir)
     if not root_p.is_dir():
         raise MedVQAUserError(root_p, "no such folder")
-    out_p.mkdir(parents=True, exist_ok=True)
+    out_p = prepare_output_dir(out_p, "data convert")
     root_rel = Path(os.path.relpath(root_p.resolve(), out_p.resolve())).as_posix()
     converted, review, rejected, rules, images = convert_rows(
         iter_release(root_p), root_rel=root_rel, check_image=_ImageChecker(root_p, image_check)

@@ -46,6 +46,7 @@ from training.data.records import (
 )
 from training.data.safe_files import MAX_TABLE_BYTES, UnsafeFile, check_regular, dataset_image, read_table
 from training.errors import MedVQAUserError
+from training.output_dir import prepare_output_dir
 
 FORMATS = ("vqa-rad", "slake", "pathvqa", "pmc-vqa")
 _DATASET_NAMES = {"vqa-rad": "VQA-RAD", "slake": "SLAKE", "pathvqa": "PathVQA", "pmc-vqa": "PMC-VQA"}
@@ -344,7 +345,7 @@ def import_benchmark(
     src, out = Path(path), Path(out_dir)
     if not src.exists():
         raise MedVQAUserError(src, "no such file or folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "data import")
     sink = _Sink()
     if fmt in ("vqa-rad", "pathvqa"):
         _import_parquet(fmt, src, out, sink)

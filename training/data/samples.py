@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -48,7 +47,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from training.cli_types import random_seed
 from training.errors import MedVQAUserError
+from training.output_dir import prepare_output_dir
 
 IMAGE_SIZE = 160
 """Longest side of the sample PNGs (the model resizes to 224 anyway; small files keep the set ~2 MB)."""
@@ -417,16 +418,15 @@ def _fit(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def build_samples(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
-    """Write the sample set to ``out_dir`` (replacing an earlier sample set there); returns ``out_dir``.
+    """Write the sample set to ``out_dir`` (a new or empty folder, or one an earlier run made); returns ``out_dir``.
+
+    A re-run overwrites the files of the earlier sample set in place and deletes nothing: a folder that merely
+    looks like a release (``Images/``, ``QA_information/``) but was not made by this command is refused.
 
     Raises:
-        MedVQAUserError: ``out_dir`` holds something else than a sample set, or a source file is missing.
+        MedVQAUserError: ``out_dir`` is not a folder this command may write, or a source file is missing.
     """
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / "QA_information").is_dir():
-        raise MedVQAUserError(out, "exists and is not a sample set; choose an empty or new folder")
-    for sub in ("QA_information", "Images"):
-        shutil.rmtree(out / sub, ignore_errors=True)
+    out = prepare_output_dir(out_dir, "data samples")
     rng = random.Random(f"medvqa-samples:{seed}")
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     counters: Counter[str] = Counter()
@@ -513,7 +513,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, metavar="DIR", help="output folder (OmniMedVQA release layout)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of question templates and options (default 0)"
+        "--seed", type=random_seed, default=0, help="seed of question templates and options (default 0)"
     )
 
 

@@ -17,9 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.cli_types import positive_int
 from training.data.records import resolve_image
 from training.errors import MedVQAUserError
 from training.evaluation.records_io import read_jsonl, read_jsonl_lines, write_jsonl
+from training.file_checks import check_model_folder
+from training.output_dir import prepare_output_dir
 from training.prompts import user_messages
 
 DATA_FIELDS = ("question", "answer", "image")
@@ -31,12 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model folder (Hub layout)")
     parser.add_argument("--data", required=True, type=Path, help="JSONL records (DESIGN.md §4)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="questions per generate call (default 8)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=32, help="answer length limit (default 32)"
+    )
     parser.add_argument(
         "--train", type=Path, default=None, help="training JSONL: majority baseline and seen/novel templates"
     )
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N records")
     parser.add_argument(
         "--mc-prefix",
         action=argparse.BooleanOptionalAction,
@@ -97,8 +104,8 @@ def evaluate(
         if value is not None and value < 1:
             raise MedVQAUserError(name, f"must be at least 1, got {value}")
     model_dir, data = Path(model_dir), Path(data)
-    if not (model_dir / "config.json").is_file():
-        raise MedVQAUserError(model_dir, "not a model folder (no config.json)")
+    check_model_folder(model_dir)
+    device = resolve_device(device)
     lines = read_jsonl_lines(data, required=DATA_FIELDS, limit=limit, schema=True)
     records = [record for _, record in lines]
     if not records:
@@ -106,6 +113,7 @@ def evaluate(
     train_records = read_jsonl(train, required=("answer",)) if train else None
     loader = ImageLoader(data)
     loader.check_exist(lines, data)  # fail before the (slow) model load
+    out = prepare_output_dir(out_dir, "eval")
 
     model, processor = load_model(model_dir, device=device, dtype=dtype)
     start = time.perf_counter()
@@ -134,7 +142,6 @@ def evaluate(
                 # first option with the lowest mean loss, as the difflib rule breaks ties towards the first
                 prediction["mc_prefix_choice"] = min(range(len(record_losses)), key=record_losses.__getitem__)
 
-    out = Path(out_dir)
     write_jsonl(out / "predictions.jsonl", predictions)
     result = score_records(predictions, train_records, throughput=throughput)
     write_outputs(result, out)
@@ -144,18 +151,53 @@ def evaluate(
 # --- model, prompts, images -----------------------------------------------------------------------------------
 
 
+def resolve_device(device: str | None) -> str:
+    """``device`` checked against this machine (default: cuda when available, else cpu).
+
+    Raises:
+        MedVQAUserError: not a torch device string, or a CUDA/MPS device this machine does not have.
+    """
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise MedVQAUserError("--device", f"{device!r} is not a torch device ({exc})") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise MedVQAUserError("--device", f"{device!r}: no CUDA GPU is available on this machine")
+        if parsed.index is not None and parsed.index >= count:
+            raise MedVQAUserError("--device", f"{device!r}: this machine has {count} CUDA GPU(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise MedVQAUserError("--device", f"{device!r}: MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise MedVQAUserError("--device", f"{device!r}: use cpu, cuda or cuda:N")
+    return device
+
+
 def load_model(model_dir: str | Path, device: str | None = None, dtype: str = "auto"):
-    """The model (eval mode, on ``device``) and its processor, both from the folder's remote code."""
+    """The model (eval mode, on ``device``) and its processor, both from the folder's remote code.
+
+    Weights load from safetensors only (``use_safetensors=True``): a folder with only ``pytorch_model.bin`` is
+    refused rather than unpickled.
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs: dict[str, Any] = {"trust_remote_code": True}
+    device = resolve_device(device)
+    if Path(model_dir).exists():
+        check_model_folder(model_dir)
+    kwargs: dict[str, Any] = {"trust_remote_code": True, "use_safetensors": True}
     if dtype != "auto":
         kwargs["dtype"] = getattr(torch, dtype)
-    model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(device).eval()
-    processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(device).eval()
+        processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
+    except OSError as exc:  # transformers' "missing file" / unreachable Hub id; the first line says which
+        raise MedVQAUserError(model_dir, f"cannot load the model ({str(exc).splitlines()[0]})") from None
     return model, processor
 
 

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from training.evaluation.records_io import read_jsonl
+from training.output_dir import prepare_output_dir
 
 PREDICTION_FIELDS = ("prediction", "answer")
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     records = read_jsonl(args.predictions, required=PREDICTION_FIELDS)
     train = read_jsonl(args.train, required=("answer",)) if args.train else None
     result = score_records(records, train)
-    write_outputs(result, args.out)
+    write_outputs(result, prepare_output_dir(args.out, "score"))
     print_summary(result.report, args.out)
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import MedVQAUserError
+from training.output_dir import prepare_output_dir
 from training.train.recipe import STAGES, Recipe
 from training.train.sft_stages import StageResult
 
@@ -98,12 +99,13 @@ def run_training(
     from training.train.sft_stages import run_sft_stage
 
     stages = stages or [s for s in STAGES if recipe.stage(s).enabled]
-    out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = PartialState()
+    records, records_base = read_train_records(train_jsonl or recipe.data.train)  # before anything is written
+    # The main process checks and marks the folder first; the other ranks then find it marked by `train`.
+    with state.main_process_first():
+        out = prepare_output_dir(recipe.output_dir, "train")
     if state.is_main_process:
         (out / "training_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    records, records_base = read_train_records(train_jsonl or recipe.data.train)
     init_dir, vision_id = initial_checkpoint(recipe)
 
     results: dict[str, StageResult] = {}

@@ -88,6 +88,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.cli_types import positive_float, positive_int
 from training.errors import MedVQAUserError
 from training.train.recipe import STAGES, Recipe, load_recipe
 
@@ -877,16 +878,18 @@ def largest_fitting_batch(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, type=Path, help="recipe YAML")
-    parser.add_argument("--gpus", required=True, type=int, help="GPUs per node")
+    parser.add_argument("--gpus", required=True, type=positive_int, help="GPUs per node")
     parser.add_argument(
-        "--gpu-memory", required=True, type=float, help="memory of one GPU in GiB (A100 40GB: 40)"
+        "--gpu-memory", required=True, type=positive_float, help="memory of one GPU in GiB (A100 40GB: 40)"
     )
     parser.add_argument(
         "--stage", default="all", choices=[*STAGES, "all"], help="stage to plan (default: all)"
     )
-    parser.add_argument("--batch", type=int, help="per-device batch (default: the recipe's)")
-    parser.add_argument("--seq-len", type=int, help="tokens per example incl. image tokens")
-    parser.add_argument("--nodes", type=int, default=1, help="machines, each with --gpus GPUs (default 1)")
+    parser.add_argument("--batch", type=positive_int, help="per-device batch (default: the recipe's)")
+    parser.add_argument("--seq-len", type=positive_int, help="tokens per example incl. image tokens")
+    parser.add_argument(
+        "--nodes", type=positive_int, default=1, help="machines, each with --gpus GPUs (default 1)"
+    )
     parser.add_argument(
         "--zero",
         type=int,

@@ -8,6 +8,8 @@ to a default.  Paths in a recipe are relative to the current directory unless ab
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,60 +122,183 @@ class Recipe:
         return data
 
 
-def _build(cls, values: Any, where: str):
+# ---------------------------------------------------------------------------------------------------- schema
+# Every value of a recipe is checked here, once, against its field's type and range, so a wrong value is one line
+# naming the key instead of a traceback deep inside transformers.  Types come from the dataclasses' annotations;
+# ranges and choices from the tables below.
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+_MAX_SEED = 2**32  # numpy's and torch's seeds are below this
+
+# key -> (lowest allowed, inclusive?) for numbers; the same rule in every section that has the key.
+_AT_LEAST_ONE = {
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_gpus",
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "r",
+    "alpha",
+    "max_length",
+}
+_AT_LEAST_ZERO = {"warmup_steps", "dataloader_num_workers", "vision_trainable_blocks", "weight_decay"}
+_ABOVE_ZERO = {
+    "learning_rate",
+    "projector_learning_rate",
+    "vision_learning_rate",
+    "num_train_epochs",
+    "max_grad_norm",
+}
+
+
+def _type_name(kind: Any) -> str:
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(
+        kind, getattr(kind, "__name__", str(kind))
+    )
+
+
+def _check_value(key: str, value: Any, annotation: Any, where: str) -> Any:
+    """``value`` checked against a field's annotation (int, float, bool, str, list[str], X | None) and range."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # Optional
+        if value is None:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    elif value is None:
+        raise MedVQAUserError(where, f"{key}: must not be empty (null)")
+    if typing.get_origin(annotation) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise MedVQAUserError(where, f"{key}: expected a list of strings, got {value!r:.60}")
+        return list(value)
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise MedVQAUserError(where, f"{key}: must be a finite number, got {value!r}")
+    else:
+        ok = isinstance(value, annotation)
+    if not ok:
+        raise MedVQAUserError(
+            where, f"{key}: expected {_type_name(annotation)}, got {type(value).__name__} {value!r:.60}"
+        )
+    if annotation is float:
+        value = float(value)
+    if key in _AT_LEAST_ONE and value < 1:
+        raise MedVQAUserError(where, f"{key}: must be at least 1, got {value!r}")
+    if key in _AT_LEAST_ZERO and value < 0:
+        raise MedVQAUserError(where, f"{key}: must be 0 or more, got {value!r}")
+    if key in _ABOVE_ZERO and not value > 0:
+        raise MedVQAUserError(where, f"{key}: must be greater than 0, got {value!r}")
+    return value
+
+
+def _check_choices(section: str, values: dict[str, Any], where: str) -> None:
+    """Values with a closed set of choices (dtype, optimizer, scheduler, attention, dropout, max_steps)."""
+    if section == "model" and "dtype" in values and values["dtype"] not in DTYPES:
+        raise MedVQAUserError(where, f"dtype: {values['dtype']!r} is not one of {', '.join(DTYPES)}")
+    if section == "training":
+        if "optim" in values or "lr_scheduler_type" in values:
+            from transformers.trainer_utils import SchedulerType
+            from transformers.training_args import OptimizerNames
+
+            for key, enum in (("optim", OptimizerNames), ("lr_scheduler_type", SchedulerType)):
+                allowed = [e.value for e in enum]
+                if key in values and values[key] not in allowed:
+                    raise MedVQAUserError(
+                        where,
+                        f"{key}: {values[key]!r} is not one of transformers' {', '.join(allowed[:8])}, ...",
+                    )
+        if "zero_stage" in values and values["zero_stage"] not in (0, 1, 2, 3):
+            raise MedVQAUserError(
+                where, f"zero_stage: DeepSpeed ZeRO stages are 0-3, got {values['zero_stage']!r}"
+            )
+        if "attn_implementation" in values and values["attn_implementation"] not in ATTN_IMPLEMENTATIONS:
+            raise MedVQAUserError(
+                where,
+                f"attn_implementation: {values['attn_implementation']!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}",
+            )
+    if section == "lora" and "dropout" in values and not 0 <= values["dropout"] < 1:
+        raise MedVQAUserError(where, f"dropout: must be in [0, 1), got {values['dropout']!r}")
+    if section == "stage" and "max_steps" in values and values["max_steps"] != -1 and values["max_steps"] < 1:
+        raise MedVQAUserError(where, f"max_steps: -1 (use epochs) or at least 1, got {values['max_steps']!r}")
+    if section == "data" and "clip_text" in values:
+        try:
+            values["clip_text"].format(modality="", question="", answer="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise MedVQAUserError(
+                where,
+                f"clip_text: {values['clip_text']!r} is not a template of {{modality}}, {{question}}, {{answer}} ({exc})",
+            ) from None
+
+
+def _build(cls, values: Any, where: str, section: str):
+    """A settings dataclass from a recipe section: unknown keys named, every value type- and range-checked."""
     if values is None:
         return cls()
     if not isinstance(values, dict):
-        raise MedVQAUserError(where, f"expected a mapping, got {type(values).__name__}")
+        raise MedVQAUserError(where, f"expected a mapping of settings, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(map(str, values)) - names)
     if unknown:
         raise MedVQAUserError(where, f"unknown key(s) {unknown}; known: {sorted(names)}")
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    checked = {key: _check_value(key, value, hints[key], where) for key, value in values.items()}
+    _check_choices(section, checked, where)
+    return cls(**checked)
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    """Validate a recipe mapping (as read from YAML)."""
+def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping (as read from YAML): keys, types, ranges and choices; one error names the key."""
     if not isinstance(raw, dict):
-        raise MedVQAUserError(source, "a recipe is a YAML mapping")
+        raise MedVQAUserError(source, f"a recipe is a YAML mapping of settings, got {type(raw).__name__}")
     allowed = {"name", "output_dir", "seed", "model", "data", "training", "lora", "stages", "hardware"}
-    unknown = sorted(set(raw) - allowed)
+    unknown = sorted(set(map(str, raw)) - allowed)
     if unknown:
         raise MedVQAUserError(source, f"unknown top-level key(s) {unknown}; known: {sorted(allowed)}")
     for key in ("name", "output_dir"):
         if key not in raw:
             raise MedVQAUserError(source, f"missing required key {key!r}")
+        if not isinstance(raw[key], str) or not raw[key].strip():
+            raise MedVQAUserError(source, f"{key}: expected a non-empty string, got {raw[key]!r:.60}")
+    seed = raw.get("seed", 42)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _MAX_SEED:
+        raise MedVQAUserError(source, f"seed: expected a whole number in [0, 2**32), got {seed!r:.60}")
+    hardware = raw.get("hardware", "")
+    if not isinstance(hardware, str | None):
+        raise MedVQAUserError(source, f"hardware: expected a string, got {hardware!r:.60}")
     stages_raw = raw.get("stages") or {}
-    bad = sorted(set(stages_raw) - set(STAGES))
+    if not isinstance(stages_raw, dict):
+        raise MedVQAUserError(
+            source,
+            f"stages: expected a mapping of {', '.join(STAGES)} to their settings, got {type(stages_raw).__name__}",
+        )
+    bad = sorted(set(map(str, stages_raw)) - set(STAGES))
     if bad:
         raise MedVQAUserError(source, f"unknown stage(s) {bad}; stages are {list(STAGES)}")
-    try:
-        recipe = Recipe(
-            name=str(raw["name"]),
-            output_dir=str(raw["output_dir"]),
-            seed=int(raw.get("seed", 42)),
-            model=_build(ModelSettings, raw.get("model"), f"{source}: model"),
-            data=_build(DataSettings, raw.get("data"), f"{source}: data"),
-            training=_build(TrainingSettings, raw.get("training"), f"{source}: training"),
-            lora=_build(LoraSettings, raw.get("lora"), f"{source}: lora"),
-            stages={s: _build(StageSettings, stages_raw.get(s), f"{source}: stages.{s}") for s in STAGES},
-            hardware=str(raw.get("hardware", "")),
-            source_path=source,
-        )
-    except TypeError as exc:  # a wrong value type inside a section
-        raise MedVQAUserError(source, str(exc)) from None
-    return recipe
+    return Recipe(
+        name=raw["name"],
+        output_dir=raw["output_dir"],
+        seed=seed,
+        model=_build(ModelSettings, raw.get("model"), f"{source}: model", "model"),
+        data=_build(DataSettings, raw.get("data"), f"{source}: data", "data"),
+        training=_build(TrainingSettings, raw.get("training"), f"{source}: training", "training"),
+        lora=_build(LoraSettings, raw.get("lora"), f"{source}: lora", "lora"),
+        stages={
+            s: _build(StageSettings, stages_raw.get(s), f"{source}: stages.{s}", "stage") for s in STAGES
+        },
+        hardware=hardware or "",
+        source_path=source,
+    )
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file; user errors name the file and the key."""
-    import yaml
+    from training.file_checks import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise MedVQAUserError(path, "recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise MedVQAUserError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
-    return recipe_from_dict(raw, str(path))
+    return recipe_from_dict(read_yaml(path, "recipe"), str(path))
