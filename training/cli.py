@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train.cli", "run the training stages of a recipe"),
     "eval": ("training.evaluation.evaluate", "generate answers for a JSONL file and score them"),
     "score": ("training.evaluation.score_cli", "score an existing predictions file (no model)"),
+    "compare": ("training.evaluation.compare", "compare scored prediction sets on their shared questions"),
     "ask": ("training.ask", "answer questions about one image"),
     "card": ("hub_card.card", "write the model card DIR/README.md"),
     "push": ("hub_card.push", "upload a model folder to the Hugging Face Hub"),

@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="also rank the options of multiple-choice records by mean token loss (mc_prefix_score)",
     )
+    parser.add_argument(
+        "--ablate-image",
+        choices=("blank", "shuffle"),
+        default=None,
+        help="also answer every question image-blind (blank: a black image; shuffle: another test image of a "
+        "different source) and report real - blind with a 95%% CI and McNemar p (report key image_blind)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: as saved)")
 
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         mc_prefix=args.mc_prefix,
         device=args.device,
         dtype=args.dtype,
+        ablate_image=args.ablate_image,
     )
     print_summary(result.report, args.out)
     return 0
@@ -86,8 +94,12 @@ def evaluate(
     mc_prefix: bool = True,
     device: str | None = None,
     dtype: str = "auto",
+    ablate_image: str | None = None,
 ):
     """Evaluate ``model_dir`` on the records of ``data`` and write every output into ``out_dir``.
+
+    ``ablate_image`` ("blank" / "shuffle"): also answer every question with the image replaced and add
+    ``image_blind`` to the report (``training.evaluation.ablation``).
 
     Returns the :class:`~training.evaluation.report.ScoreResult` (scored records and the report dict).
 
@@ -113,6 +125,11 @@ def evaluate(
     train_records = read_jsonl(train, required=("answer",)) if train else None
     loader = ImageLoader(data)
     loader.check_exist(lines, data)  # fail before the (slow) model load
+    blind_images = None
+    if ablate_image:
+        from training.evaluation.ablation import BlindImages
+
+        blind_images = BlindImages(loader, records, ablate_image)  # a bad method or one source: fail early
     out = prepare_output_dir(out_dir, "eval")
 
     model, processor = load_model(model_dir, device=device, dtype=dtype)
@@ -142,8 +159,24 @@ def evaluate(
                 # first option with the lowest mean loss, as the difflib rule breaks ties towards the first
                 prediction["mc_prefix_choice"] = min(range(len(record_losses)), key=record_losses.__getitem__)
 
+    blind_predictions = None
+    if blind_images is not None:
+        start = time.perf_counter()
+        blind_answers = generate_answers(
+            model, processor, records, blind_images, batch_size=batch_size, max_new_tokens=max_new_tokens
+        )
+        throughput["image_blind_seconds"] = round(time.perf_counter() - start, 3)
+        blind_predictions = [
+            {**record, "prediction": answer, "image_blind": blind_images.describe(record)}
+            for record, answer in zip(records, blind_answers)
+        ]
+
     write_jsonl(out / "predictions.jsonl", predictions)
     result = score_records(predictions, train_records, throughput=throughput)
+    if blind_predictions is not None:
+        from training.evaluation.ablation import add_image_blind
+
+        add_image_blind(result, blind_predictions, ablate_image, out, train_records)
     write_outputs(result, out)
     return result
 

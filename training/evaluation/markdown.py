@@ -65,6 +65,32 @@ def _baseline_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _image_blind_lines(section: Mapping[str, Any]) -> list[str]:
+    """The image-blind table: real vs blind accuracy and their paired difference, per slice."""
+    diff = section["paired_difference"]
+    lines = [
+        "## Image-blind baseline",
+        "",
+        f"The same questions answered with the image removed ({section['method']}: {section['description']}). "
+        f"Difference: {section['ci_method']}; p: {section['test']}.",
+        "",
+        "| | n | with image % | image-blind % | difference (points) | 95% CI | McNemar p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [("overall", diff["overall"]), ("yes/no", diff["yes_no"]), ("open", diff["open"])]
+    rows += [(f"question type: {k}", v) for k, v in diff["by_question_type"].items()]
+    rows += [(f"modality: {k}", v) for k, v in diff["by_modality"].items()]
+    for label, d in rows:
+        if not d["n"]:
+            continue
+        low, high = d["ci95"]
+        lines.append(
+            f"| {label} | {d['n']} | {_pct(d['real'])} | {_pct(d['blind'])} | {100 * d['difference']:+.1f} "
+            f"| [{100 * low:+.1f}, {100 * high:+.1f}] | {d['mcnemar_p']:.3g} |"
+        )
+    return [*lines, ""]
+
+
 def render_markdown(report: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
     """The report as Markdown; ``charts``: PNG file names (in the same folder) to show."""
     # A scorer that applied to no question at all (mc_prefix_score in `score`) gets no column, but a line below.
@@ -121,6 +147,8 @@ def render_markdown(report: Mapping[str, Any], charts: Sequence[str] = ()) -> st
             f"cleaned options for {inputs['cleaned']} (records without `options_raw`)."
         )
     lines += ["", *_baseline_lines(report)]
+    if "image_blind" in report:
+        lines += _image_blind_lines(report["image_blind"])
 
     lines += ["## Question templates seen in training vs novel", ""]
     if report.get("templates_available"):

@@ -240,7 +240,7 @@ def paired_difference(
         f"{first}_only": a_only,
         f"{second}_only": b_only,
         "both": both,
-        "mcnemar_p": round(mcnemar_exact_p(a_only, b_only), 6),
+        "mcnemar_p": mcnemar_exact_p(a_only, b_only),  # not rounded: small p-values matter
     }
 
 
