@@ -75,6 +75,27 @@ def test_vqa_rad_parquet(tmp_path: Path) -> None:
     assert [r["answer_type"] for r in train] == ["yes_no", "open"]
 
 
+def test_vqa_rad_parquet_keeps_the_benchmarks_closed_open_label(tmp_path: Path) -> None:
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answer": datasets.Value("string"), "answer_type": datasets.Value("string")})  # fmt: skip
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": _jpeg((1, 2, 3)), "path": None}, {"bytes": _jpeg((3, 2, 1)), "path": None}],
+         "question": ["which side?", "is it normal?"], "answer": ["left", "yes"], "answer_type": ["CLOSED", "CLOSED"]},
+        features=features,
+    )  # fmt: skip
+    (tmp_path / "src").mkdir()
+    ds.to_parquet(str(tmp_path / "src" / "test-00000-of-00001.parquet"))
+    import_benchmark("vqa-rad", tmp_path / "src", tmp_path / "out")
+    test = records.read_records(tmp_path / "out" / "test.jsonl")
+    # "left" is open by our yes/no typing, CLOSED by VQA-RAD's own label: both are kept
+    assert [(r["answer_type"], r["answer_type_raw"]) for r in test] == [
+        ("open", "CLOSED"),
+        ("yes_no", "CLOSED"),
+    ]
+
+
 def test_pathvqa_parquet_with_missing_image(tmp_path: Path) -> None:
     src = write_hf_parquet(
         tmp_path / "path-vqa",

@@ -5,7 +5,8 @@
 ``vqa-rad``, ``pathvqa``
     The Hugging Face parquet datasets (``flaviagiammarino/vqa-rad``, ``flaviagiammarino/path-vqa``): P is a
     ``.parquet`` file or a folder searched for them; columns ``image`` (``{"bytes", "path"}``), ``question``,
-    ``answer``; the split is the file name's prefix (``test-00000-of-00001.parquet`` -> ``test``).  Images
+    ``answer`` (and, when present, ``answer_type``: the benchmark's CLOSED / OPEN, kept as ``answer_type_raw``);
+    the split is the file name's prefix (``test-00000-of-00001.parquet`` -> ``test``).  Images
     are written as they are stored (no re-encoding) to ``DIR/images/<split>/``.  VQA-RAD has no modality
     label (``Unknown``); PathVQA is pathology, ``Microscopy``.
 ``slake``
@@ -163,7 +164,9 @@ def _import_parquet(fmt: str, path: Path, out: Path, sink: _Sink) -> None:
         img_dir = out / "images" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         try:
-            for batch in pf.iter_batches(batch_size=512, columns=["image", "question", "answer"]):
+            # VQA-RAD's own CLOSED / OPEN label, when a shard carries it, is kept as answer_type_raw
+            extra = ["answer_type"] if "answer_type" in pf.schema_arrow.names else []
+            for batch in pf.iter_batches(batch_size=512, columns=["image", "question", "answer", *extra]):
                 _parquet_batch(
                     batch.to_pylist(), f, fmt, dataset, modality, split, img_dir, rows_of_split, sink
                 )
@@ -197,6 +200,9 @@ def _parquet_batch(
             modality=modality, modality_raw="", question_type="Unknown",
             source=f"{fmt}:{f.name}", split=split,
         )  # fmt: skip
+        label = _str(item.get("answer_type"))
+        if label:
+            rec["answer_type_raw"] = label
         if not question or not answer:
             sink.add(rec, "malformed_row", "missing question or answer", reject=True)
             continue
