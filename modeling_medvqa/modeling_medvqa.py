@@ -27,29 +27,46 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
     BaseModelOutputWithPooling,
-    CausalLMOutputWithPast,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
 )
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging, torch_compilable_check
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_medvqa import MedVQAConfig, MedVQAVisionConfig
 
+logger = logging.get_logger(__name__)
 
-@dataclass
-class MedVQAModelOutputWithPast(BaseModelOutputWithPast):
-    """Backbone output; ``image_hidden_states`` are the projected image features (B, N, H) when images were given."""
-
-    image_hidden_states: torch.FloatTensor | None = None
+# Parameters timm's ViT keeps on the VisionTransformer module itself, outside any nn.Linear/LayerNorm.
+_TIMM_VIT_BARE_PARAMETERS = ("pos_embed", "cls_token", "reg_token")
 
 
 @dataclass
-class MedVQACausalLMOutputWithPast(CausalLMOutputWithPast):
-    """Head output; ``image_hidden_states`` as in :class:`MedVQAModelOutputWithPast`."""
+class MedVQAModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    """Backbone output; ``image_outputs`` is :meth:`MedVQAModel.get_image_features`' output when images were given."""
 
-    image_hidden_states: torch.FloatTensor | None = None
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        logger.warning_once("`image_hidden_states` is deprecated; use `out.image_outputs.pooler_output`.")
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
+
+
+@dataclass
+class MedVQACausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    """Head output; ``image_outputs`` as in :class:`MedVQAModelOutputWithPast`."""
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        logger.warning_once("`image_hidden_states` is deprecated; use `out.image_outputs.pooler_output`.")
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 class MedVQAVisionTower(nn.Module):
@@ -81,12 +98,25 @@ class MedVQAVisionTower(nn.Module):
         self.num_prefix_tokens = self.trunk.num_prefix_tokens
         self.gradient_checkpointing = False
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, num_patches, hidden_size)."""
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+    ) -> BaseModelOutputWithPooling:
+        """(B, 3, H, W) -> ``last_hidden_state`` (B, num_patches, hidden_size), and with ``output_hidden_states``
+        the patch tokens after every block that is built (``hidden_states[-1]`` is ``last_hidden_state``)."""
         # timm checkpoints its blocks itself; transformers' gradient_checkpointing_enable sets our flag.
         self.trunk.grad_checkpointing = self.gradient_checkpointing and self.training
-        hidden = self.trunk.forward_features(pixel_values)
-        return hidden[:, self.num_prefix_tokens :]
+        if not output_hidden_states:
+            hidden = self.trunk.forward_features(pixel_values)[:, self.num_prefix_tokens :]
+            return BaseModelOutputWithPooling(last_hidden_state=hidden)
+        per_block = self.trunk.forward_intermediates(
+            pixel_values,
+            indices=len(self.trunk.blocks),
+            norm=False,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )  # timm drops the prefix tokens from these already
+        hidden_states = tuple(per_block)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states[-1], hidden_states=hidden_states)
 
 
 class MedVQAMultiModalProjector(nn.Module):
@@ -116,16 +146,18 @@ class MedVQAPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # No data-dependent Python branch in forward: static caches and torch.compile(fullgraph=True) work.
+    _can_compile_fullgraph = True
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        # timm's ViT holds bare parameters the generic init does not know.
-        if isinstance(module, MedVQAVisionTower):
-            std = self.config.vision_config.initializer_range
-            for name in ("pos_embed", "cls_token", "reg_token"):
-                param = getattr(module.trunk, name, None)
-                if isinstance(param, nn.Parameter):
-                    nn.init.trunc_normal_(param, std=std)
+        # timm's VisionTransformer owns bare parameters the generic init does not know.  transformers initialises the
+        # module that owns a parameter missing from a checkpoint, so test the owner (not our tower wrapper); the
+        # `init` functions leave parameters that were loaded alone.
+        for name in _TIMM_VIT_BARE_PARAMETERS:
+            param = module._parameters.get(name)
+            if param is not None:
+                init.trunc_normal_(param, std=self.config.vision_config.initializer_range)
 
 
 class MedVQAModel(MedVQAPreTrainedModel):
@@ -144,88 +176,113 @@ class MedVQAModel(MedVQAPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Encode images: ``last_hidden_state`` = patch tokens (B, N, D_v), ``pooler_output`` = projected (B, N, H).
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Encode images: ``last_hidden_state`` = patch tokens (B, N, D_v), ``pooler_output`` = projected (B, N, H),
+        ``hidden_states`` = the patch tokens after each built ViT block when ``output_hidden_states=True``.
 
         ``generate`` calls this once before prefill (transformers' ``mm_encoder_outputs``); callers that ask several
         questions about one image can call it once and pass ``mm_encoder_outputs={"image": out}`` to ``forward``.
         """
-        weight = self.multi_modal_projector.linear_1.weight
-        patch_tokens = self.vision_tower(pixel_values.to(device=weight.device, dtype=weight.dtype))
-        return BaseModelOutputWithPooling(
-            last_hidden_state=patch_tokens, pooler_output=self.multi_modal_projector(patch_tokens)
+        # Only the dtype is matched: the device is the caller's (or accelerate's hooks') business, and an offloaded
+        # tower has its weights on the meta device.
+        dtype = self.multi_modal_projector.linear_1.weight.dtype
+        image_outputs = self.vision_tower(
+            pixel_values.to(dtype=dtype), output_hidden_states=bool(kwargs.get("output_hidden_states"))
         )
+        image_outputs.pooler_output = self.multi_modal_projector(image_outputs.last_hidden_state)
+        return image_outputs
 
+    def embed_input_ids(self, input_ids: torch.LongTensor) -> torch.FloatTensor:
+        """Token embeddings as ``forward`` computes them; build ``inputs_embeds`` with this.
+
+        In the real layout the image id lies past the embedding table (``<|image|>`` is added to the tokenizer, not
+        to the vocabulary the LM predicts): its positions get zero vectors, which :meth:`get_placeholder_mask`
+        recognises in ``inputs_embeds`` and the image features then replace.  When the id is inside the table (as in
+        transformers' test layouts) it is looked up like any token, as LLaVA does.
+        """
+        embed_tokens = self.get_input_embeddings()
+        if self.config.image_token_id < embed_tokens.weight.shape[0]:
+            return embed_tokens(input_ids)
+        image_mask = input_ids == self.config.image_token_id
+        embeds = embed_tokens(input_ids.masked_fill(image_mask, 0))
+        return embeds.masked_fill(image_mask.unsqueeze(-1), 0.0)
+
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        image_features: torch.FloatTensor,
+    ) -> torch.BoolTensor:
+        """(B, T, 1) mask of the image positions, from ``input_ids`` or else from ``inputs_embeds`` (positions equal
+        to the image token's embedding); checks that there is one position per image feature."""
+        if input_ids is None:
+            image_id = torch.full(
+                (), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device
+            )
+            image_mask = (inputs_embeds == self.embed_input_ids(image_id).to(inputs_embeds.dtype)).all(-1)
+        else:
+            image_mask = input_ids == self.config.image_token_id
+        n_tokens = image_mask.sum()
+        torch_compilable_check(
+            n_tokens * inputs_embeds.shape[-1] == image_features.numel(),
+            lambda: (
+                f"Image features and image tokens do not match: {int(n_tokens)} image tokens, "
+                f"{image_features.shape[0]} images x {image_features.shape[1]} features"
+            ),
+        )
+        return image_mask.unsqueeze(-1).to(inputs_embeds.device)
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
-        use_cache: bool | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
-    ) -> MedVQAModelOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | MedVQAModelOutputWithPast:
+        r"""
+        mm_encoder_outputs (`dict[str, BaseModelOutputWithPooling]`, *optional*):
+            ``{"image": get_image_features(pixel_values)}`` computed beforehand, instead of ``pixel_values``.
+
+        Image ids without image features (a MedVQA assistant model in assisted decoding, which never sees the
+        pixels; text that happens to hold the id) are embedded by :meth:`embed_input_ids`, as LLaVA does.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs and mm_encoder_outputs.get("image") is not None:
             raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs['image']")
 
-        image_features = None
-        if mm_encoder_outputs and mm_encoder_outputs.get("image") is not None:
-            image_features = mm_encoder_outputs["image"].pooler_output
-        elif pixel_values is not None:
-            image_features = self.get_image_features(pixel_values).pooler_output
-        if isinstance(image_features, (list, tuple)):
-            image_features = torch.stack(list(image_features))
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_input_ids(input_ids)
 
-        image_mask = None
-        if input_ids is not None:
-            image_mask = input_ids == self.config.image_token_id
-            # The placeholder id may lie past the embedding table (the image token is added to the tokenizer, not
-            # to the vocabulary the LM predicts): look up a valid id, its row is overwritten below anyway.
-            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-
-        if image_features is not None:
-            if image_mask is None:
-                raise ValueError(
-                    "Images need input_ids with image tokens to mark where they go, not inputs_embeds"
-                )
-            n_tokens, n_features = int(image_mask.sum()), image_features.shape[0] * image_features.shape[1]
-            if n_tokens != n_features:
-                raise ValueError(
-                    f"Image features and image tokens do not match: {n_tokens} image tokens in input_ids, "
-                    f"{image_features.shape[0]} images x {image_features.shape[1]} features = {n_features}"
-                )
-            inputs_embeds = inputs_embeds.masked_scatter(
-                image_mask.unsqueeze(-1), image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-            )
-        elif (
-            image_mask is not None
-            and (cache is None or cache.get_seq_length() == 0)
-            and bool(image_mask.any())
-        ):
-            raise ValueError(
-                f"input_ids hold {int(image_mask.sum())} image tokens but no pixel_values were given"
-            )
+        image_outputs = (mm_encoder_outputs or {}).get("image")
+        if image_outputs is None and pixel_values is not None:
+            image_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        if image_outputs is not None:
+            image_features = image_outputs.pooler_output
+            if isinstance(image_features, (list, tuple)):  # transformers' per-image list layout
+                image_features = torch.stack(list(image_features))
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
-            use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
-        return MedVQAModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
-        )
+        return MedVQAModelOutputWithPast(**outputs, image_outputs=image_outputs)
 
 
 class MedVQAForConditionalGeneration(MedVQAPreTrainedModel, GenerationMixin):
@@ -242,6 +299,9 @@ class MedVQAForConditionalGeneration(MedVQAPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # As Llama: under tensor parallelism the vocabulary-sharded head gathers its logits (embed_tokens is sharded
+    # by the language model's own plan).
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MedVQAConfig) -> None:
         super().__init__(config)
@@ -261,7 +321,9 @@ class MedVQAForConditionalGeneration(MedVQAPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
-    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -274,20 +336,21 @@ class MedVQAForConditionalGeneration(MedVQAPreTrainedModel, GenerationMixin):
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
-    ) -> MedVQACausalLMOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | MedVQACausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets (shifted inside the loss); -100 marks positions without loss (prompt, image, padding).
@@ -301,8 +364,8 @@ class MedVQAForConditionalGeneration(MedVQAPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
             mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -319,7 +382,7 @@ class MedVQAForConditionalGeneration(MedVQAPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
 
 
