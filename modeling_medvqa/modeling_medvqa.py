@@ -189,9 +189,11 @@ class MedVQAModel(MedVQAPreTrainedModel):
         # Only the dtype is matched: the device is the caller's (or accelerate's hooks') business, and an offloaded
         # tower has its weights on the meta device.
         dtype = self.multi_modal_projector.linear_1.weight.dtype
-        image_outputs = self.vision_tower(
-            pixel_values.to(dtype=dtype), output_hidden_states=bool(kwargs.get("output_hidden_states"))
-        )
+        pixel_values = pixel_values.to(dtype=dtype)
+        if kwargs.get("output_hidden_states"):
+            image_outputs = self.vision_tower(pixel_values, output_hidden_states=True)
+        else:
+            image_outputs = self.vision_tower(pixel_values)
         image_outputs.pooler_output = self.multi_modal_projector(image_outputs.last_hidden_state)
         return image_outputs
 

@@ -16,6 +16,8 @@ as batched generation needs.  This file travels to the Hub as remote code (torch
 
 from __future__ import annotations
 
+import re
+
 from transformers import ProcessorMixin
 from transformers.utils import chat_template_utils
 
@@ -117,11 +119,65 @@ class MedVQAProcessor(ProcessorMixin):
     def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
         """Render messages with content blocks; control tokens in user strings are marked so they stay plain text."""
         if kwargs.get("tokenize"):
-            if not kwargs.get("return_assistant_tokens_mask"):
-                kwargs.setdefault("sanitize_control_tokens", True)
+            if kwargs.get("return_assistant_tokens_mask"):
+                return self._tokenize_chat_with_assistant_mask(conversation, chat_template, **kwargs)
+            kwargs.setdefault("sanitize_control_tokens", True)
             return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
         conversation = self._mark_user_control_tokens(conversation, chat_template)
         return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
+    def _tokenize_chat_with_assistant_mask(self, conversation, chat_template: str | None, **kwargs):
+        """``tokenize=True, return_assistant_tokens_mask=True`` with the control-token protection kept.
+
+        transformers refuses ``sanitize_control_tokens`` together with the mask, because it finds the assistant tokens
+        through character offsets, which the sanitised encoding does not give.  So: tokenize with the protection, then
+        find each ``{% generation %}`` span's tokens by encoding the rendered prompt up to the span's ends the same
+        way (and check that those prefixes are prefixes of the real ids, so a tokenizer merging across the boundary
+        raises instead of giving a shifted mask).
+        """
+        from transformers.utils.chat_template_utils import encode_marked_chat, render_jinja_template
+
+        kwargs.pop("return_assistant_tokens_mask")
+        if not kwargs.get("return_dict"):
+            raise ValueError(
+                "`return_assistant_tokens_mask=True` requires `return_dict=True` and `tokenize=True`"
+            )
+        out = super().apply_chat_template(
+            conversation, chat_template=chat_template, sanitize_control_tokens=True, **kwargs
+        )
+        template = self._resolve_chat_template(chat_template)
+        conversations, _ = self._normalize_conversations(conversation)
+        prompts, spans = render_jinja_template(
+            conversations=[self._mark_user_control_tokens(c, template) for c in conversations],
+            chat_template=template,
+            return_assistant_tokens_mask=True,
+            add_generation_prompt=kwargs.get("add_generation_prompt", False),
+            **self.tokenizer.special_tokens_map,
+        )
+
+        def encode(rendered: str) -> list[int]:  # what __call__ makes of a rendered prompt
+            expanded = _expand_unmarked(rendered, self.image_token, self.image_token * self.image_seq_length)
+            return encode_marked_chat(self.tokenizer, expanded)
+
+        input_ids = [list(map(int, row)) for row in out["input_ids"]]
+        attention = [list(map(int, row)) for row in out["attention_mask"]]
+        masks = []
+        for prompt, prompt_spans, ids, attended in zip(prompts, spans, input_ids, attention):
+            kept = [i for i, a in enumerate(attended) if a]  # padding sits outside the prompt's own tokens
+            own = [ids[i] for i in kept]
+            mask = [0] * len(ids)
+            for start, end in prompt_spans:
+                first, last = encode(prompt[:start]), encode(prompt[:end])
+                if own[: len(first)] != first or own[: len(last)] != last:
+                    raise ValueError("The tokenizer merges tokens across an assistant turn's boundary")
+                for position in kept[len(first) : len(last)]:
+                    mask[position] = 1
+            masks.append(mask)
+        out["assistant_masks"] = masks
+        out.convert_to_tensors(
+            tensor_type=kwargs.get("return_tensors") if kwargs.get("return_tensors") != "auto" else None
+        )
+        return out
 
     def _mark_user_control_tokens(self, conversation, chat_template: str | None):
         mark = getattr(chat_template_utils, "mark_control_tokens", None)
@@ -204,6 +260,13 @@ def _count_unmarked(text: str, token: str) -> int:
     if _MARK_START is None:
         return text.count(token)
     return text.count(token) - text.count(_MARK_START + token)
+
+
+def _expand_unmarked(text: str, token: str, replacement: str) -> str:
+    """Replace the occurrences of ``token`` that ``mark_control_tokens`` did not mark as user text."""
+    if _MARK_START is None:
+        return text.replace(token, replacement)
+    return re.sub(f"(?<!{re.escape(_MARK_START)}){re.escape(token)}", lambda _m: replacement, text)
 
 
 def _iter_strings(obj):

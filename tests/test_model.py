@@ -179,7 +179,7 @@ def test_generate_encodes_images_once(model_and_processor, monkeypatch):
     calls = []
     original = model.model.vision_tower.forward
     monkeypatch.setattr(
-        model.model.vision_tower, "forward", lambda px, **kw: calls.append(px.shape) or original(px, **kw)
+        model.model.vision_tower, "forward", lambda px: calls.append(px.shape) or original(px)
     )
     prompt = processor.apply_chat_template(_messages("Which organ?"), add_generation_prompt=True)
     inputs = processor(images=_images(1), text=[prompt], return_tensors="pt")
