@@ -23,6 +23,7 @@ from training.file_checks import check_model_folder, read_json_object
 from training.output_dir import prepare_output_dir
 
 IMAGE_TOKEN = "<|image|>"
+END_OF_TURN = "<|eot_id|>"  # what our chat template writes after every turn, answers included
 # Pad with a token that is never a target: Llama-3.1's right-pad token, else a reserved one (Llama-3.0).
 _PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|reserved_special_token_0|>")
 
@@ -157,8 +158,28 @@ def prepare_tokenizer(tokenizer):
             tokenizer.pad_token = pad
     tokenizer.padding_side = "left"
     tokenizer.init_kwargs["padding_side"] = "left"  # saved with the tokenizer, so a reload pads left too
+    # Our chat template ends every turn with <|eot_id|>; the base and the first Instruct release name
+    # <|end_of_text|> as eos, which the model is never trained to emit after an answer.
+    if END_OF_TURN in tokenizer.get_vocab():
+        tokenizer.eos_token = END_OF_TURN
+    # Meta ships `clean_up_tokenization_spaces: true`, which transformers ignores for BPE with a warning on every
+    # decode; it would also strip the spaces of "CT ." style answers if honoured.
+    tokenizer.clean_up_tokenization_spaces = False
+    tokenizer.init_kwargs["clean_up_tokenization_spaces"] = False
     tokenizer.chat_template = LLAMA3_IMAGE_CHAT_TEMPLATE  # one template for tokenizer and processor
     return tokenizer
+
+
+def generation_eos_ids(base_eos: int | list[int] | None, tokenizer) -> list[int]:
+    """The base's eos ids plus ``<|eot_id|>``: every Llama-3 layout must stop where our template ends a turn.
+
+    Meta-Llama-3-8B and the first Instruct release list only ``<|end_of_text|>`` in generation_config.json.
+    """
+    ids = [base_eos] if isinstance(base_eos, int) else list(base_eos or [])
+    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if end_of_turn is None or end_of_turn == tokenizer.unk_token_id:
+        raise MedVQAUserError("--text", f"the tokenizer has no {END_OF_TURN} token (not a Llama-3 tokenizer)")
+    return ids + [end_of_turn] if end_of_turn not in ids else ids
 
 
 def assemble_checkpoint(
@@ -232,6 +253,7 @@ def assemble_checkpoint(
     generation = GenerationConfig.from_model_config(text_config)
     if language.generation_config is not None:
         generation.eos_token_id = language.generation_config.eos_token_id or generation.eos_token_id
+    generation.eos_token_id = generation_eos_ids(generation.eos_token_id, tokenizer)
     # Short factual answers: greedy decoding by default (Llama-3-Instruct's sampling defaults suit chat, not VQA).
     generation.do_sample = False
     generation.temperature = None

@@ -4,7 +4,8 @@ They have the real structure, so they exercise the real loading code:
 - a BiomedCLIP-like open_clip model (timm ``test_vit`` trunk, 160 px, 100 patch tokens, with open_clip's built-in
   text tower instead of PubMedBERT) saved as a ``local-dir:`` folder, exactly as open_clip saves Hub models;
 - a 2-layer Llama saved with ``save_pretrained``;
-- a byte-level BPE tokenizer trained locally, with Llama-3's special tokens in Llama-3's order and its chat template.
+- a byte-level BPE tokenizer trained locally, with Llama-3's special tokens in Llama-3's order, laid out as one of
+  the three Llama-3 releases (``TOKENIZER_LAYOUTS``: base, first-release Instruct, current Instruct).
 
 ``save_tiny_model`` runs ``medvqa init`` on them, so its output is what a user gets from the real ``init``.
 """
@@ -14,7 +15,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# Llama-3's special tokens in their order after the regular vocabulary (ids 128000.. in the real tokenizer).
+# The special tokens after the regular vocabulary (ids 128000.. in the real tokenizers), in their order.
+# Llama-3.0 (Meta-Llama-3-8B and -Instruct) reserves the slots that Llama-3.1 later named.
+LLAMA3_0_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|reserved_special_token_2|>",
+    "<|reserved_special_token_3|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|reserved_special_token_4|>",
+    "<|eot_id|>",
+]
 LLAMA3_SPECIAL_TOKENS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -27,6 +41,58 @@ LLAMA3_SPECIAL_TOKENS = [
     "<|eom_id|>",
     "<|eot_id|>",
 ]
+
+# Meta's text-only chat templates (our own rendering of their behaviour): the current Instruct one adds the assistant
+# header on request; the first Instruct release always appended it.
+_TURNS = (
+    "{%- for message in messages -%}"
+    "{%- set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+    "+ message['content'] | trim + '<|eot_id|>' -%}"
+    "{%- if loop.index0 == 0 -%}{%- set content = bos_token + content -%}{%- endif -%}"
+    "{{- content -}}"
+    "{%- endfor -%}"
+)
+_INSTRUCT_TEMPLATE = (
+    _TURNS
+    + "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+_FIRST_RELEASE_TEMPLATE = _TURNS + "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}"
+
+
+@dataclass(frozen=True)
+class TokenizerLayout:
+    """How a released Llama-3 tokenizer + generation config is laid out (what ``medvqa init`` must cope with)."""
+
+    special_tokens: tuple[str, ...]
+    eos_token: str  # the tokenizer's eos
+    generation_eos: tuple[str, ...]  # generation_config.json's eos_token_id, as tokens
+    bos_post_processor: bool  # whether tokenizer(...) adds <|begin_of_text|> by itself
+    chat_template: str | None
+
+
+TOKENIZER_LAYOUTS = {
+    # Meta-Llama-3-8B: no chat template, everything ends at <|end_of_text|>.
+    "base": TokenizerLayout(
+        tuple(LLAMA3_0_SPECIAL_TOKENS), "<|end_of_text|>", ("<|end_of_text|>",), True, None
+    ),
+    # Meta-Llama-3-8B-Instruct as first released: no BOS post-processor, the template always opens an assistant
+    # turn, and both eos fields name <|end_of_text|> only, although the model ends its turns with <|eot_id|>.
+    "instruct-v1": TokenizerLayout(
+        tuple(LLAMA3_0_SPECIAL_TOKENS),
+        "<|end_of_text|>",
+        ("<|end_of_text|>",),
+        False,
+        _FIRST_RELEASE_TEMPLATE,
+    ),
+    # The current Instruct files (Llama-3.1's named special tokens): eos <|eot_id|>, generation stops at either.
+    "instruct": TokenizerLayout(
+        tuple(LLAMA3_SPECIAL_TOKENS),
+        "<|eot_id|>",
+        ("<|end_of_text|>", "<|eot_id|>"),
+        True,
+        _INSTRUCT_TEMPLATE,
+    ),
+}
 
 # Words the tiny tokenizer should keep whole: question templates and answers of medical VQA.
 _CORPUS = """
@@ -58,16 +124,16 @@ class TinySpec:
     text_kv_heads: int = 2
     text_initializer_range: float = 0.2
     tokenizer_vocab: int = 600
+    tokenizer_layout: str = "instruct"  # a key of TOKENIZER_LAYOUTS
     seed: int = 0
 
 
 def build_tiny_tokenizer(out_dir: str | Path, spec: TinySpec = TinySpec()):
-    """Train a byte-level BPE tokenizer with Llama-3's special tokens and chat template; save and return it."""
+    """Train a byte-level BPE tokenizer laid out as the Llama-3 release ``spec.tokenizer_layout``; save and return it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from modeling_medvqa.processing_medvqa import LLAMA3_IMAGE_CHAT_TEMPLATE
-
+    layout = TOKENIZER_LAYOUTS[spec.tokenizer_layout]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -77,19 +143,21 @@ def build_tiny_tokenizer(out_dir: str | Path, spec: TinySpec = TinySpec()):
         show_progress=False,
     )
     tok.train_from_iterator([line for line in _CORPUS.splitlines() if line.strip()] * 4, trainer=trainer)
-    tok.add_special_tokens(LLAMA3_SPECIAL_TOKENS)
-    bos = tok.token_to_id("<|begin_of_text|>")
-    # As Llama-3: the tokenizer adds <|begin_of_text|> when asked for special tokens.
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A",
-        pair="<|begin_of_text|> $A <|begin_of_text|> $B",
-        special_tokens=[("<|begin_of_text|>", bos)],
-    )
+    tok.add_special_tokens(list(layout.special_tokens))
+    if layout.bos_post_processor:
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A",
+            pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+            special_tokens=[("<|begin_of_text|>", bos)],
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        chat_template=LLAMA3_IMAGE_CHAT_TEMPLATE,
+        eos_token=layout.eos_token,
+        chat_template=layout.chat_template,
+        # As Meta's files: transformers warns about this on every decode until `medvqa init` turns it off.
+        clean_up_tokenization_spaces=True,
     )
     tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -102,7 +170,9 @@ def build_tiny_llama(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
 
     out_dir = Path(out_dir)
     tokenizer = build_tiny_tokenizer(out_dir, spec)
-    eot, eos = tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|end_of_text|>"])
+    generation_eos = tokenizer.convert_tokens_to_ids(
+        list(TOKENIZER_LAYOUTS[spec.tokenizer_layout].generation_eos)
+    )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.text_hidden_size,
@@ -113,7 +183,7 @@ def build_tiny_llama(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
         max_position_embeddings=1024,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[eos, eot],
+        eos_token_id=generation_eos,
         tie_word_embeddings=False,
         # At width 64 the usual std of 0.02 caps every logit near 1 (|w|*|h| ~ 0.16*8), so even a perfectly tuned
         # tiny model would stay close to uniform over the vocabulary; a wider init lets its answers become peaked.
@@ -121,7 +191,9 @@ def build_tiny_llama(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
     )
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=[eos, eot])
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=generation_eos
+    )
     model.save_pretrained(out_dir)
     return out_dir
 
