@@ -6,11 +6,18 @@ What goes up (top-level files only): safetensors weights (``model.safetensors``,
 processor files, the chat template, ``README.md``, ``report.json``/``report.md``, ``*.png`` charts,
 ``training_recipe.yaml`` and license files.
 
-Everything else is left out and listed with the reason.  One case stops the push (exit 2, nothing sent): pickled
-weights (``*.bin``/``*.pt``/``*.pth``/``*.ckpt`` other than known training state).  They would not go up, and a
-user who sees "pushed" would believe their weights are on the Hub; convert them to safetensors or move them out.
-Optimizer/scheduler/RNG states, ``checkpoint-*`` folders, pickles, DICOM/NIfTI files and dataset files
-(``*.jsonl``, ``*.csv`` ...) are skipped and listed.
+Everything else is left out and listed with the reason.  Symbolic links are never followed (``config.json ->
+/etc/passwd`` is listed as a link and stays home).  Files are judged by content as well as by name: an allow-listed
+name whose bytes are a DICOM (``DICM`` after the 128-byte preamble), a NIfTI volume, a pickle or a zip, a ``*.png``
+that is not a PNG, and a ``*.safetensors`` whose header the safetensors library refuses (0 bytes, a pickle, a
+truncated file) stop the push (exit 2, nothing sent).  Pickled weights (``*.bin``/``*.pt``/``*.pth``/``*.ckpt``
+other than known training state) stop it too: they would not go up, and a user who sees "pushed" would believe
+their weights are on the Hub.  Optimizer/scheduler/RNG states, ``checkpoint-*`` folders, pickles, DICOM/NIfTI files
+and dataset files (``*.jsonl``, ``*.csv`` ...) are skipped and listed.
+
+Configs, the recipe and the reports go up as copies with this machine's absolute paths replaced by
+``<local path>`` (written to a temporary staging folder; the model folder itself is never modified).  The repo id
+is checked with huggingface_hub's ``validate_repo_id``.
 
 All files go up in one commit (``HfApi.create_commit``): a failure leaves no partial commit on the Hub and nothing
 is ever written to the local folder; the error names the command to rerun.
@@ -19,16 +26,20 @@ is ever written to the local folder; the error names the command to rerun.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shlex
+import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub_card.card import local_paths
+from hub_card.card import local_paths, scrub
 from training.errors import MedVQAUserError
+from training.file_checks import check_safetensors, read_json_object, sniff
 
 # Exact top-level names that go up.
 ALLOWED_NAMES = frozenset(
@@ -114,10 +125,18 @@ class PushPlan:
     adapter_only: bool = False
     adapter_base: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # path -> the bytes that go up instead of the local file (configs and the recipe with local paths removed)
+    sanitized: dict[str, bytes] = field(default_factory=dict)
+
+    def size_of(self, rel: str) -> int:
+        """Bytes of ``rel`` as uploaded (its sanitized copy when there is one)."""
+        if rel in self.sanitized:
+            return len(self.sanitized[rel])
+        return (self.model_dir / rel).lstat().st_size
 
     @property
     def upload_bytes(self) -> int:
-        return sum((self.model_dir / p).stat().st_size for p in self.upload)
+        return sum(self.size_of(p) for p in self.upload)
 
 
 def _remote_code(model_dir: Path, top_files: set[str]) -> tuple[set[str], list[str]]:
@@ -129,10 +148,7 @@ def _remote_code(model_dir: Path, top_files: set[str]) -> tuple[set[str], list[s
     for name in ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         if name not in top_files:
             continue
-        try:
-            data = json.loads((model_dir / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a broken config is transformers' error to report; here it only means no remote code
+        data = read_json_object(model_dir / name, name)  # a broken config must not go up: one clean line
         auto_map = data.get("auto_map") if isinstance(data, dict) else None
         if not isinstance(auto_map, dict):
             continue
@@ -179,6 +195,79 @@ def _looks_local(value: str) -> bool:
     return value.startswith(("/", "~", "./", "../", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
 
 
+def _regular(path: Path) -> bool:
+    """A regular file, judged without following a symbolic link."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+# Content that never goes up, whatever the file is called (a DICOM renamed scan.png is still a DICOM).
+_FORBIDDEN_CONTENT = {
+    "dicom": "DICOM content (may carry patient data)",
+    "nifti": "NIfTI volume content (may carry patient data)",
+    "pickle": "pickle content (runs code when loaded)",
+    "zip": "zip archive content (torch.save pickles are zip files)",
+}
+
+
+def _content_refusal(path: Path) -> str | None:
+    """Why an allow-listed file must not go up after all, from its bytes; None when it may."""
+    kind = sniff(path)
+    name = path.name.lower()
+    if kind in _FORBIDDEN_CONTENT:
+        return f"named {path.name} but holds {_FORBIDDEN_CONTENT[kind]}; move it out of the folder"
+    if name.endswith(".png") and kind != "png":
+        return "named .png but is not a PNG image (charts are PNG files); move it out of the folder"
+    if name.endswith(".safetensors"):
+        try:
+            check_safetensors(path)
+        except MedVQAUserError as exc:
+            return exc.reason
+    return None
+
+
+_LOCAL = "<local path>"
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list):
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    return value
+
+
+def _sanitized_copy(path: Path) -> bytes | None:
+    """The bytes to upload instead of ``path`` when it mentions local absolute paths; None when it is clean.
+
+    JSON and YAML are parsed and their string values scrubbed (the copy stays valid JSON/YAML); Markdown is
+    scrubbed as text.  tokenizer.json is vocabulary, never a config, and is left alone.
+    """
+    name = path.name
+    if name == "tokenizer.json" or not name.endswith((".json", ".yaml", ".yml", ".md")):
+        return None
+    if path.lstat().st_size > 16 * 2**20:
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not local_paths(text):
+        return None
+    if name.endswith(".json"):
+        data = read_json_object(path, name)
+        return (json.dumps(_scrub_value(data), indent=2, ensure_ascii=False) + "\n").encode()
+    if name.endswith((".yaml", ".yml")):
+        import yaml
+
+        from training.file_checks import read_yaml
+
+        data = read_yaml(path, name)
+        return yaml.safe_dump(_scrub_value(data), sort_keys=False, allow_unicode=True).encode()
+    return scrub(text).encode()
+
+
 def plan_push(model_dir: str | Path) -> PushPlan:
     """Sort the folder's files into upload / skipped / blocking and check the weights are complete.
 
@@ -190,18 +279,24 @@ def plan_push(model_dir: str | Path) -> PushPlan:
         raise MedVQAUserError(model_dir, "model folder not found")
     plan = PushPlan(model_dir=model_dir)
     entries = sorted(model_dir.iterdir(), key=lambda p: p.name)
-    top_files = {p.name for p in entries if p.is_file()}
+    # Symbolic links are never followed (is_file()/is_dir() would): config.json -> /etc/passwd stays home.
+    top_files = {p.name for p in entries if _regular(p)}
     code, missing_code = _remote_code(model_dir, top_files)
 
     for path in entries:
         name = path.name
+        if path.is_symlink():
+            plan.skipped.append((name, "symbolic link (never followed: it could point anywhere)"))
+            continue
         if path.is_dir():
             if name == CHAT_TEMPLATE_DIR:
                 for sub in sorted(path.rglob("*")):
                     rel = sub.relative_to(model_dir).as_posix()
-                    if sub.is_file() and sub.parent == path and sub.suffix == ".jinja":
+                    if sub.is_symlink():
+                        plan.skipped.append((rel, "symbolic link (never followed: it could point anywhere)"))
+                    elif _regular(sub) and sub.parent == path and sub.suffix == ".jinja":
                         plan.upload.append(rel)
-                    elif sub.is_file():
+                    elif _regular(sub):
                         plan.skipped.append((rel, "only *.jinja files go up from " + CHAT_TEMPLATE_DIR))
                 continue
             count = sum(1 for p in path.rglob("*") if p.is_file())
@@ -213,10 +308,13 @@ def plan_push(model_dir: str | Path) -> PushPlan:
                 reason = "subfolder: only top-level model files go up"
             plan.skipped.append((f"{name}/ ({count} file{'s' if count != 1 else ''})", reason))
             continue
-        if not path.is_file():
+        if not _regular(path):
             plan.skipped.append((name, "not a regular file"))
             continue
         if name in ALLOWED_NAMES or _SHARD.match(name) or name in code or name.lower().endswith(".png"):
+            refusal = _content_refusal(path)
+            if refusal:  # the name says model file, the bytes say otherwise: stop before anything is listed
+                raise MedVQAUserError(path, f"{refusal}; nothing was uploaded")
             plan.upload.append(name)
             continue
         reason, blocks = _reason_for(name)
@@ -226,14 +324,11 @@ def plan_push(model_dir: str | Path) -> PushPlan:
     full = "model.safetensors" in uploaded or "model.safetensors.index.json" in uploaded
     has_adapter = "adapter_config.json" in uploaded and "adapter_model.safetensors" in uploaded
     if "model.safetensors.index.json" in uploaded:
-        try:
-            index = json.loads((model_dir / "model.safetensors.index.json").read_text(encoding="utf-8"))
-            shards = set(index["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise MedVQAUserError(
-                model_dir / "model.safetensors.index.json",
-                f"unreadable shard index ({exc.__class__.__name__})",
-            ) from exc
+        index_path = model_dir / "model.safetensors.index.json"
+        weight_map = read_json_object(index_path, "shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise MedVQAUserError(index_path, "unreadable shard index (no weight_map of file names)")
+        shards = set(weight_map.values())
         absent = sorted(s for s in shards if s not in uploaded)
         if absent:
             raise MedVQAUserError(
@@ -262,11 +357,8 @@ def plan_push(model_dir: str | Path) -> PushPlan:
 
     plan.adapter_only = has_adapter and not full
     if has_adapter:
-        try:
-            adapter = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise MedVQAUserError(model_dir / "adapter_config.json", "not readable as JSON") from exc
-        base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
+        adapter = read_json_object(model_dir / "adapter_config.json", "adapter_config.json")
+        base = adapter.get("base_model_name_or_path")
         plan.adapter_base = base if isinstance(base, str) and base else None
         if plan.adapter_only and plan.adapter_base is None:
             plan.warnings.append(
@@ -277,22 +369,15 @@ def plan_push(model_dir: str | Path) -> PushPlan:
                 "adapter_config.json's base_model_name_or_path is a local path: set it to the base's Hub id, "
                 "or users of the Hub repo cannot load the adapter"
             )
-    # Files go up byte for byte (unlike the card, which is scrubbed): say which ones mention this machine's paths.
-    leaking = []
+    # Configs, the recipe and the reports go up as copies with this machine's paths replaced (the folder is never
+    # modified); say which ones were changed.
     for rel in plan.upload:
-        path = model_dir / rel
-        if (
-            rel.endswith((".json", ".yaml", ".md"))
-            and rel != "tokenizer.json"
-            and path.stat().st_size < 2**20
-        ):
-            if local_paths(path.read_text(encoding="utf-8", errors="replace")):
-                leaking.append(rel)
-    if leaking:
-        plan.warnings.append(
-            f"{', '.join(leaking)} {'mentions' if len(leaking) == 1 else 'mention'} local absolute paths and "
-            "will go up unchanged"
-        )
+        clean = _sanitized_copy(model_dir / rel)
+        if clean is not None:
+            plan.sanitized[rel] = clean
+    if plan.sanitized:
+        names = ", ".join(sorted(plan.sanitized))
+        plan.warnings.append(f"local absolute paths replaced by {_LOCAL!r} in the uploaded copies of {names}")
     if "README.md" not in uploaded:
         plan.warnings.append("no README.md: run `medvqa card` first so the repo has a model card")
     plan.upload.sort()
@@ -328,7 +413,10 @@ def format_plan(plan: PushPlan, repo_id: str, *, public: bool, revision: str | N
     lines.append(
         f"{'would upload' if dry_run else 'uploading'} {len(plan.upload)} files ({_size(plan.upload_bytes)}):"
     )
-    lines += [f"  {p}  {_size((plan.model_dir / p).stat().st_size)}" for p in plan.upload]
+    lines += [
+        f"  {p}  {_size(plan.size_of(p))}" + ("  (local paths removed)" if p in plan.sanitized else "")
+        for p in plan.upload
+    ]
     if plan.blocking:
         lines.append(f"refused, stops the push ({len(plan.blocking)}):")
         lines += [f"  {p}  {why}" for p, why in plan.blocking]
@@ -347,6 +435,20 @@ def _default_api() -> Any:
 
 class PushFailed(MedVQAUserError):
     """The Hub refused or the connection broke; the local folder is untouched and the message says what to rerun."""
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse what huggingface_hub's own validator refuses (``../..``, ``a/b/c``, ``--``), and a missing namespace."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise MedVQAUserError(
+            repr(repo_id), f"not a Hub repo id ({str(exc).splitlines()[0][:160]})"
+        ) from None
+    if "/" not in repo_id:
+        raise MedVQAUserError(repr(repo_id), "not a Hub repo id (expected namespace/name)")
 
 
 def push_folder(
@@ -377,8 +479,7 @@ def push_folder(
     Raises:
         MedVQAUserError: bad folder, pickled weights, or (``PushFailed``) a Hub error, with the command to rerun.
     """
-    if not re.match(r"^([\w.-]+/)?[\w.-]+$", repo_id or ""):
-        raise MedVQAUserError(repo_id, "not a Hub repo id (expected namespace/name)")
+    check_repo_id(repo_id)
     plan = plan_push(model_dir)
     log(format_plan(plan, repo_id, public=public, revision=revision, dry_run=dry_run))
     if plan.blocking:
@@ -393,13 +494,15 @@ def push_folder(
     from huggingface_hub import CommitOperationAdd
 
     rerun = rerun_command(model_dir, repo_id, public=public, revision=revision)
+    stack = contextlib.ExitStack()
     try:
         api = api if api is not None else _default_api()
         api.create_repo(repo_id, private=not public, exist_ok=True, repo_type="model")
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="medvqa-push-"))
         operations = [
-            CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(plan.model_dir / rel))
+            CommitOperationAdd(path_in_repo=rel, path_or_fileobj=_staged(plan, rel, Path(staging)))
             for rel in plan.upload
         ]
         kind = "LoRA adapter" if plan.adapter_only else "model"
@@ -417,9 +520,21 @@ def push_folder(
             f"upload failed ({exc.__class__.__name__}: {detail}); the local folder is unchanged and the Hub "
             f"repo got no partial commit; fix the cause (e.g. `hf auth login`, network) and rerun: {rerun}",
         ) from exc
+    finally:
+        stack.close()  # the sanitized copies go; the model folder was never written
     url = getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
     log(f"pushed {len(plan.upload)} files to {url}")
     return list(plan.upload)
+
+
+def _staged(plan: PushPlan, rel: str, staging: Path) -> str:
+    """The local file to upload for ``rel``: its sanitized copy in ``staging``, else the folder's own file."""
+    if rel not in plan.sanitized:
+        return str(plan.model_dir / rel)
+    copy = staging / rel
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(plan.sanitized[rel])
+    return str(copy)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
