@@ -348,6 +348,10 @@ def plan_push(model_dir: str | Path) -> PushPlan:
             "no safetensors weights (model.safetensors, model-0000x-of-0000y.safetensors + index, "
             "or adapter_config.json + adapter_model.safetensors)",
         )
+    if full and (model_dir / "config.json").is_symlink():
+        raise MedVQAUserError(
+            model_dir / "config.json", "is a symbolic link; push never follows links: put the real file there"
+        )
     if full and "config.json" not in uploaded:
         raise MedVQAUserError(model_dir, "weights without config.json: transformers could not load the repo")
     if missing_code:
@@ -438,7 +442,8 @@ class PushFailed(MedVQAUserError):
 
 
 def check_repo_id(repo_id: str) -> None:
-    """Refuse what huggingface_hub's own validator refuses (``../..``, ``a/b/c``, ``--``), and a missing namespace."""
+    """Refuse what huggingface_hub's own validator refuses (``../..``, ``a/b/c``, ``--``); a bare name is the
+    user's own namespace, as in ``HfApi.create_repo``."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -447,8 +452,6 @@ def check_repo_id(repo_id: str) -> None:
         raise MedVQAUserError(
             repr(repo_id), f"not a Hub repo id ({str(exc).splitlines()[0][:160]})"
         ) from None
-    if "/" not in repo_id:
-        raise MedVQAUserError(repr(repo_id), "not a Hub repo id (expected namespace/name)")
 
 
 def push_folder(
