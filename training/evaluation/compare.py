@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.cli_types import positive_int, random_seed
 from training.errors import MedVQAUserError
 from training.evaluation import stats
 from training.evaluation.records_io import read_jsonl_lines
@@ -41,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--names", nargs="+", default=None, help="a label per input (default: from the paths)"
     )
-    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--resamples", type=positive_int, default=2000, help="bootstrap resamples (default 2000)"
+    )
+    parser.add_argument("--seed", type=random_seed, default=0, help="bootstrap seed (default 0)")
 
 
 @dataclass
