@@ -1,8 +1,9 @@
-"""Generate answers for a JSONL file with a model folder and score them: predictions.jsonl, scored.jsonl,
-report.json, report.md and charts.
+"""Generate answers for a JSONL file with any image-text-to-text model (a folder or a Hub id) and score them:
+predictions.jsonl, scored.jsonl, report.json, report.md and charts.
 
-Answers come from batched greedy generation with the prompt template stored with the model (the one training
-used: ``processor.apply_chat_template``); nothing of the prompt is repeated here. Records with options also get
+Answers come from batched greedy generation (left padding) with the prompt template stored with the model
+(``processor.apply_chat_template``; for MedVQA the one training used), asked in the ``--prompt`` mode of
+``prompting``; models load through ``vlm_loading`` and report.json names them (``model``). Records with options also get
 OmniMedVQA's prefix-based choice (``mc_prefix_score``): the option whose tokens get the lowest mean loss after
 the question. Scoring and the report are ``training.evaluation.report``, shared with ``medvqa score``.
 """
@@ -20,18 +21,22 @@ from typing import Any
 from training.cli_types import positive_int
 from training.data.records import resolve_image
 from training.errors import MedVQAUserError
+from training.evaluation import prompting
 from training.evaluation.records_io import read_jsonl, read_jsonl_lines, write_jsonl
-from training.file_checks import check_model_folder
+from training.evaluation.vlm_loading import DTYPES, check_model_source, describe_model, load_vlm
 from training.output_dir import prepare_output_dir
-from training.prompts import user_messages
+from training.prompts import user_messages  # noqa: F401  (tests build reference prompts from it)
 
 DATA_FIELDS = ("question", "answer", "image")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``medvqa eval``."""
-    parser.add_argument("--model", required=True, type=Path, help="model folder (Hub layout)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model folder or Hub id of any image-text-to-text model (or --baselines)",
+    )
     parser.add_argument("--data", required=True, type=Path, help="JSONL records (DESIGN.md §4)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
@@ -59,12 +64,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: as saved)")
+    parser.add_argument(
+        "--prompt",
+        choices=prompting.PROMPT_MODES,
+        default="open",
+        help="open: the question as our model is asked it; mc: OmniMedVQA's multiple-choice prompt with the options",
+    )
+    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of --model")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run code shipped inside the checkpoint (off by default)",
+    )
+    parser.add_argument(
+        "--adapter", default=None, help=f"family quirk adapter ({', '.join(sorted(prompting.ADAPTERS))})"
+    )
+    from training.evaluation.baselines import add_baseline_arguments
+
+    add_baseline_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """``medvqa eval``: generate, score, write; prints the headline numbers."""
+    from training.evaluation.baselines import run_baselines
     from training.evaluation.score_cli import print_summary
 
+    if args.baselines is not None or args.only:
+        return run_baselines(args)
+    if args.model is None:
+        raise MedVQAUserError("--model", "give a model folder or Hub id (or --baselines FILE --only NAME)")
     result = evaluate(
         args.model,
         args.data,
@@ -77,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         ablate_image=args.ablate_image,
+        prompt=args.prompt,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        adapter=args.adapter,
     )
     print_summary(result.report, args.out)
     return 0
@@ -95,8 +127,13 @@ def evaluate(
     device: str | None = None,
     dtype: str = "auto",
     ablate_image: str | None = None,
+    prompt: str = "open",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+    baseline: Mapping[str, Any] | None = None,
 ):
-    """Evaluate ``model_dir`` on the records of ``data`` and write every output into ``out_dir``.
+    """Evaluate ``model_dir`` (a folder or Hub id) on the records of ``data`` and write every output into ``out_dir``.
 
     ``ablate_image`` ("blank" / "shuffle"): also answer every question with the image replaced and add
     ``image_blind`` to the report (``training.evaluation.ablation``).
@@ -104,7 +141,7 @@ def evaluate(
     Returns the :class:`~training.evaluation.report.ScoreResult` (scored records and the report dict).
 
     Raises:
-        MedVQAUserError: bad numbers, a missing model folder, unreadable records or images.
+        MedVQAUserError: bad numbers, a missing model folder or Hub id, unreadable records or images.
     """
     from training.evaluation.report import score_records, write_outputs
 
@@ -115,8 +152,10 @@ def evaluate(
     ):
         if value is not None and value < 1:
             raise MedVQAUserError(name, f"must be at least 1, got {value}")
-    model_dir, data = Path(model_dir), Path(data)
-    check_model_folder(model_dir)
+    prompting.question_text({"question": ""}, prompt)  # an unknown mode fails here, before any loading
+    quirk = prompting.get_adapter(adapter)
+    data = Path(data)
+    check_model_source(model_dir, revision=revision, trust_remote_code=trust_remote_code)
     device = resolve_device(device)
     lines = read_jsonl_lines(data, required=DATA_FIELDS, limit=limit, schema=True)
     records = [record for _, record in lines]
@@ -132,10 +171,14 @@ def evaluate(
         blind_images = BlindImages(loader, records, ablate_image)  # a bad method or one source: fail early
     out = prepare_output_dir(out_dir, "eval")
 
-    model, processor = load_model(model_dir, device=device, dtype=dtype)
+    model, processor = load_vlm(
+        model_dir, device=device, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code
+    )
+    prompting.apply_adapter(processor, quirk)
+    loader.keep_gray = accepts_gray(processor)
     start = time.perf_counter()
     answers = generate_answers(
-        model, processor, records, loader, batch_size=batch_size, max_new_tokens=max_new_tokens
+        model, processor, records, loader, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt=prompt
     )
     seconds = time.perf_counter() - start
     throughput: dict[str, Any] = {
@@ -148,7 +191,7 @@ def evaluate(
     predictions = [{**record, "prediction": answer} for record, answer in zip(records, answers)]
     if mc_prefix:
         start = time.perf_counter()
-        losses = option_losses(model, processor, records, loader, batch_size=batch_size)
+        losses = option_losses(model, processor, records, loader, batch_size=batch_size, prompt=prompt)
         throughput["mc_prefix_seconds"] = round(time.perf_counter() - start, 3)
         for prediction, record_losses in zip(predictions, losses):
             if record_losses is not None:
@@ -163,7 +206,13 @@ def evaluate(
     if blind_images is not None:
         start = time.perf_counter()
         blind_answers = generate_answers(
-            model, processor, records, blind_images, batch_size=batch_size, max_new_tokens=max_new_tokens
+            model,
+            processor,
+            records,
+            blind_images,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            prompt=prompt,
         )
         throughput["image_blind_seconds"] = round(time.perf_counter() - start, 3)
         blind_predictions = [
@@ -177,6 +226,16 @@ def evaluate(
         from training.evaluation.ablation import add_image_blind
 
         add_image_blind(result, blind_predictions, ablate_image, out, train_records)
+    result.report["model"] = {
+        **describe_model(model_dir, model, processor, revision=revision, trust_remote_code=trust_remote_code),
+        "adapter": quirk.name if quirk else None,
+        "prompt": prompt,
+        "generation": {
+            "do_sample": False, "num_beams": 1, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+            "padding_side": "left", "mc_prefix": mc_prefix,
+        },
+        **({"baseline": dict(baseline)} if baseline else {}),
+    }  # fmt: skip
     write_outputs(result, out)
     return result
 
@@ -211,41 +270,38 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def load_model(model_dir: str | Path, device: str | None = None, dtype: str = "auto"):
-    """The model (eval mode, on ``device``) and its processor, both from the folder's remote code.
-
-    Weights load from safetensors only (``use_safetensors=True``): a folder with only ``pytorch_model.bin`` is
-    refused rather than unpickled.
-    """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
+def load_model(
+    model_dir: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False
+):
+    """The model (eval mode, on ``device``) and its processor, through ``vlm_loading.load_vlm`` (safetensors
+    weights only; a local folder is checked first, an unreachable Hub id is a user error)."""
     device = resolve_device(device)
-    if Path(model_dir).exists():
-        check_model_folder(model_dir)
-    kwargs: dict[str, Any] = {"trust_remote_code": True, "use_safetensors": True}
-    if dtype != "auto":
-        kwargs["dtype"] = getattr(torch, dtype)
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(device).eval()
-        processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
-    except OSError as exc:  # transformers' "missing file" / unreachable Hub id; the first line says which
-        raise MedVQAUserError(model_dir, f"cannot load the model ({str(exc).splitlines()[0]})") from None
-    return model, processor
+    check_model_source(model_dir, trust_remote_code=trust_remote_code)
+    return load_vlm(model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def accepts_gray(processor) -> bool:
+    """Whether the processor takes 8-bit gray images as they are (MedVQA's resizes them before converting to
+    RGB); every other processor gets RGB images, as their image processors expect."""
+    from modeling_medvqa.processing_medvqa import MedVQAProcessor
+
+    return isinstance(processor, MedVQAProcessor)
 
 
 class ImageLoader:
-    """Loads records' images with the medical image loader; relative paths are relative to the JSONL's folder.
-    Keeps the last few images, since several questions often share one image."""
+    """Loads records' images with the medical image loader (DICOM/NIfTI included) as PIL images; relative paths
+    are relative to the JSONL's folder. Keeps the last few images, since several questions often share one image.
+    ``keep_gray``: hand 8-bit gray images over in mode L (only for a processor that takes them)."""
 
-    def __init__(self, jsonl_path: str | Path) -> None:
+    def __init__(self, jsonl_path: str | Path, keep_gray: bool = True) -> None:
         self.jsonl_path = Path(jsonl_path)
+        self.keep_gray = keep_gray
         self._load = functools.lru_cache(maxsize=64)(self._load_path)
 
-    def _load_path(self, path: str):
+    def _load_path(self, path: str, keep_gray: bool):
         from training.images import load_medical_image
 
-        return load_medical_image(path, keep_gray=True)  # the processor resizes gray first
+        return load_medical_image(path, keep_gray=keep_gray)
 
     def path(self, record: Mapping[str, Any]) -> Path:
         """The record's image path, relative paths taken from the JSONL's folder."""
@@ -259,7 +315,7 @@ class ImageLoader:
                 raise MedVQAUserError(f"{source}:{lineno}", f"image {path}: no such file")
 
     def __call__(self, record: Mapping[str, Any]):
-        return self._load(str(self.path(record)))
+        return self._load(str(self.path(record)), self.keep_gray)
 
 
 def _batches(items: Sequence[Any], size: int):
@@ -278,17 +334,15 @@ def generate_answers(
     *,
     batch_size: int,
     max_new_tokens: int,
+    prompt: str = "open",
 ) -> list[str]:
-    """Greedy answers for ``records``, ``batch_size`` at a time (the processor pads on the left)."""
+    """Greedy answers for ``records`` asked in ``prompt`` mode, ``batch_size`` at a time (padded on the left)."""
     import torch
 
     answers: list[str] = []
     for batch in _batches(records, batch_size):
-        prompts = [
-            processor.apply_chat_template(user_messages(r["question"]), add_generation_prompt=True)
-            for r in batch
-        ]
-        inputs = processor(images=[loader(r) for r in batch], text=prompts, return_tensors="pt", padding=True)
+        texts = [prompting.render(processor, prompting.question_text(r, prompt)) for r in batch]
+        inputs = prompting.encode(processor, [loader(r) for r in batch], texts, padding_side="left")
         inputs = inputs.to(model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
@@ -306,80 +360,94 @@ def _option_completion(processor, prefix: str, question: str, option: str) -> tu
     """(completion text, its end-of-turn suffix) of ``option`` as the assistant answer, from the model's template.
 
     The completion is what the template adds after the generation prompt, tokenized on its own as TRL does in
-    training; the suffix (``<|eot_id|>``) is excluded from the option's loss.
+    training; the suffix (``<|eot_id|>``, ``<end_of_turn>``, ...) is excluded from the option's loss.
     """
-    answer = [{"role": "assistant", "content": [{"type": "text", "text": option}]}]
-    full = processor.apply_chat_template(user_messages(question) + answer, add_generation_prompt=False)
-    text = option.strip()  # the template trims message text
-    if not full.startswith(prefix) or not full[len(prefix) :].startswith(text):
+    full = prompting.render(processor, question, answer=option)
+    text = option.strip()  # templates trim message text
+    if not full.startswith(prefix) or text not in full[len(prefix) :]:
         raise RuntimeError("the chat template's answer turn does not extend its generation prompt")
     completion = full[len(prefix) :]
-    return completion, completion[len(text) :]
+    # a template may put a space before the answer (LLaVA's "ASSISTANT: answer"); byte-level BPE glues it to the
+    # option's first token, so it is scored with the option
+    return completion, completion[completion.index(text) + len(text) :]
 
 
 def option_losses(
-    model, processor, records: Sequence[Mapping[str, Any]], loader: ImageLoader, *, batch_size: int
+    model,
+    processor,
+    records: Sequence[Mapping[str, Any]],
+    loader: ImageLoader,
+    *,
+    batch_size: int,
+    prompt: str = "open",
 ) -> list[list[float] | None]:
     """Mean token loss of each option after its question (``None`` for records without options).
 
     Each row is [prompt with image][option tokens][end of turn], right-padded so that positions are those of an
     unpadded sequence; the loss is the mean negative log-likelihood of the option's own tokens. Rows of
-    several records share a forward pass, ``batch_size`` rows at a time.
+    several records share a forward pass, ``batch_size`` rows at a time; the LM head runs only on the positions
+    that predict option tokens (``logits_to_keep``). Per-token inputs of the processor besides the ids
+    (Gemma 3's ``token_type_ids``, Qwen2-VL's ``mm_token_type_ids``) are extended with zeros over the answer.
     """
     import torch
 
     rows: list[tuple[int, str, str, str]] = []  # (record index, prompt, completion, suffix)
     for index, record in enumerate(records):
-        prefix = processor.apply_chat_template(user_messages(record["question"]), add_generation_prompt=True)
+        question = prompting.question_text(record, prompt)
+        prefix = prompting.render(processor, question)
         for option in record.get("options") or []:
-            completion, suffix = _option_completion(processor, prefix, record["question"], str(option))
+            completion, suffix = _option_completion(processor, prefix, question, str(option))
             rows.append((index, prefix, completion, suffix))
 
     losses: list[list[float] | None] = [None] * len(records)
-    backbone = getattr(model, model.base_model_prefix)
     pad_id = processor.tokenizer.pad_token_id
     pad_id = pad_id if pad_id is not None else 0
     for batch in _batches(rows, batch_size):
-        prompts = processor(
-            images=[loader(records[i]) for i, *_ in batch],
-            text=[prefix for _, prefix, _, _ in batch],
-            return_tensors="pt",
-            padding=True,
+        prompts = prompting.encode(
+            processor,
+            [loader(records[i]) for i, *_ in batch],
+            [p for _, p, _, _ in batch],
             padding_side="right",
         )
         # completions on their own, without BOS, as TRL's prompt-completion collator tokenizes them
-        completions = processor(text=[c for _, _, c, _ in batch], add_special_tokens=False)["input_ids"]
-        suffixes = processor(text=[s for *_, s in batch], add_special_tokens=False)["input_ids"]
+        completions = processor.tokenizer([c for _, _, c, _ in batch], add_special_tokens=False)["input_ids"]
+        suffixes = processor.tokenizer([s for *_, s in batch], add_special_tokens=False)["input_ids"]
         prompt_lens = prompts["attention_mask"].sum(dim=1).tolist()
-        sequences = [
-            prompts["input_ids"][row, :plen].tolist() + list(comp)
-            for row, (plen, comp) in enumerate(zip(prompt_lens, completions))
-        ]
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            attention_mask[row, : len(seq)] = 1
-        # option token positions: after the prompt, before the end-of-turn suffix
-        spans = [
-            (plen, plen + len(comp) - len(suf)) for plen, comp, suf in zip(prompt_lens, completions, suffixes)
-        ]
+        width = max(plen + len(comp) for plen, comp in zip(prompt_lens, completions))
+        n_rows = len(batch)
+        inputs = dict(prompts)
+        input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((n_rows, width), dtype=torch.long)
+        for key, value in prompts.items():  # other per-token inputs: the prompt's values, zeros after it
+            if key not in ("input_ids", "attention_mask") and value.shape == prompts["input_ids"].shape:
+                inputs[key] = torch.zeros((n_rows, width), dtype=value.dtype)
+        for row, (plen, comp) in enumerate(zip(prompt_lens, completions)):
+            input_ids[row, :plen] = prompts["input_ids"][row, :plen]
+            input_ids[row, plen : plen + len(comp)] = torch.tensor(comp, dtype=torch.long)
+            attention_mask[row, : plen + len(comp)] = 1
+            for key, value in prompts.items():
+                if key not in ("input_ids", "attention_mask") and value.shape == prompts["input_ids"].shape:
+                    inputs[key][row, :plen] = value[row, :plen]
+        inputs["input_ids"], inputs["attention_mask"] = input_ids, attention_mask
+        # option token positions: after the prompt and any separator, before the end-of-turn suffix
+        spans = []
+        for plen, comp, suf in zip(prompt_lens, completions, suffixes):
+            spans.append((plen, plen + len(comp) - len(suf)))
+        # the token at t is predicted from position t - 1: keep only those positions' logits
+        keep = sorted({t - 1 for start, end in spans for t in range(start, end)})
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         with torch.inference_mode():
-            hidden = backbone(
-                input_ids=input_ids.to(model.device),
-                attention_mask=attention_mask.to(model.device),
-                pixel_values=prompts["pixel_values"].to(model.device, model.dtype),
-                use_cache=False,
-            ).last_hidden_state
-            for row, (start, end) in enumerate(spans):
-                if end <= start:  # an empty option: nothing to score
-                    value = float("inf")
-                else:
-                    # the token at t is predicted from position t - 1; only these rows of the LM head are computed
-                    logits = model.lm_head(hidden[row, start - 1 : end - 1]).float()
-                    targets = input_ids[row, start:end].to(logits.device)
-                    value = torch.nn.functional.cross_entropy(logits, targets).item()
-                index = batch[row][0]
-                losses[index] = (losses[index] or []) + [value]
+            logits = model(**inputs, use_cache=False, logits_to_keep=torch.tensor(keep or [0])).logits.float()
+        column = {position: i for i, position in enumerate(keep)}
+        for row, (start, end) in enumerate(spans):
+            if end <= start:  # an empty option: nothing to score
+                value = float("inf")
+            else:
+                picked = logits[row, [column[t - 1] for t in range(start, end)]]
+                targets = input_ids[row, start:end].to(picked.device)
+                value = torch.nn.functional.cross_entropy(picked, targets).item()
+            index = batch[row][0]
+            losses[index] = (losses[index] or []) + [value]
     return losses
