@@ -26,6 +26,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "card": ("hub_card.card", "write the model card DIR/README.md"),
     "push": ("hub_card.push", "upload a model folder to the Hugging Face Hub"),
     "plan": ("training.train.planner", "predict per-GPU memory of a training run"),
+    "app": ("training.app", "serve the model as a web page (Gradio) with an /answer API"),
     "demo": ("training.demo", "the whole chain on the bundled samples with the tiny recipe"),
 }
 _DATA_COMMANDS: dict[str, tuple[str, str]] = {

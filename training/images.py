@@ -45,7 +45,7 @@ import stat
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -766,3 +766,97 @@ def _check_gzip_stream(p: Path, limit: int) -> None:
         raise ImageLoadError(
             p, f"corrupt or truncated gzip stream of a NIfTI file ({_first_line(exc)})"
         ) from None
+
+
+# ------------------------------------------------------------------------------------ windows and info ----
+
+CT_WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "soft tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+"""Common CT windows as ``(centre, width)`` in Hounsfield units, for the ``window=`` option of the loader."""
+
+
+def ct_window(preset: str | None = None, *, level: float | None = None, width: float | None = None):
+    """``(centre, width)`` for :func:`load_medical_image`: a named preset, a manual level/width, or None.
+
+    ``None`` (no preset, no level/width) keeps the file's own window (DICOM) or the percentile window.
+
+    Raises:
+        MedVQAUserError: unknown preset, a level without a width (or the reverse), or a width <= 0.
+    """
+    if preset is not None:
+        key = preset.strip().lower()
+        if key not in CT_WINDOW_PRESETS:
+            raise MedVQAUserError(preset, f"unknown window preset (one of: {', '.join(CT_WINDOW_PRESETS)})")
+        return CT_WINDOW_PRESETS[key]
+    if level is None and width is None:
+        return None
+    if level is None or width is None:
+        raise MedVQAUserError("window", "give both a level (centre) and a width")
+    if not width > 0:
+        raise MedVQAUserError("window", f"the width must be positive, not {width}")
+    return float(level), float(width)
+
+
+class MedicalImageInfo(NamedTuple):
+    """What a viewer needs to know about a file before showing it (read from headers, no pixels decoded).
+
+    ``kind`` is ``"dicom"``, ``"nifti"`` or ``"image"``; ``modality`` the DICOM Modality (``"CT"``, ``"MR"`` ...)
+    or None; ``depth`` the number of positions along the stack (DICOM frames, NIfTI slices along ``axis``, TIFF
+    pages; 1 for a plain image) and ``depth_option`` the :func:`load_medical_image` keyword that picks one
+    (``"frame"`` or ``"slice_index"``); ``windowable`` whether ``window=`` changes the picture (gray values
+    beyond 8 bit: DICOM, NIfTI, 16-bit / float files).
+    """
+
+    kind: str
+    modality: str | None
+    depth: int
+    depth_option: str
+    windowable: bool
+
+
+def medical_image_info(path: str | os.PathLike[str], *, axis: int | None = None) -> MedicalImageInfo:
+    """Header facts of an image file (see :class:`MedicalImageInfo`); no patient field is read out.
+
+    Raises:
+        ImageLoadError: the file cannot be read; call :func:`load_medical_image` first for the precise reason.
+    """
+    p = Path(path)
+    head = _read_head(p)  # the loader's checks: a regular, non-empty file
+    name = p.name.lower()
+    if head[128:132] == b"DICM" or p.suffix.lower() in _DICOM_SUFFIXES:
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=head[128:132] != b"DICM")
+            frames = int(ds.get("NumberOfFrames") or 1)
+        except Exception as exc:  # as in _load_dicom: pydicom raises many types on damaged files
+            raise ImageLoadError(p, f"unreadable DICOM header ({type(exc).__name__})") from None
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        modality = str(ds.get("Modality") or "") or None
+        return MedicalImageInfo("dicom", modality, frames, "frame", photometric.startswith("MONOCHROME"))
+    if name.endswith(_NIFTI_SUFFIXES) or head[344:348] in (b"n+1\0", b"ni1\0"):
+        import nibabel as nib
+
+        try:
+            img = nib.load(p)
+            shape = tuple(int(s) for s in img.shape)
+            ornt = nib.orientations.io_orientation(img.affine)
+        except Exception as exc:  # as in _load_nifti
+            raise ImageLoadError(p, f"unreadable NIfTI header ({type(exc).__name__})") from None
+        axis = 2 if axis is None else axis
+        depth = 1
+        if len(shape) > 2:  # the voxel axis along world ``axis``, as in _load_nifti
+            v = int(np.flatnonzero(ornt[:3, 0] == axis)[0]) if axis in ornt[:3, 0] else axis
+            depth = shape[v]
+        return MedicalImageInfo("nifti", None, depth, "slice_index", True)
+    try:
+        with Image.open(p) as im:
+            frames = int(getattr(im, "n_frames", 1))
+            windowable = im.mode in ("I;16", "I;16B", "I;16L", "I", "F")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        raise ImageLoadError(p, _not_an_image_reason(head)) from None
+    return MedicalImageInfo("image", None, frames, "frame", windowable)
