@@ -190,7 +190,13 @@ def build_app(backend, *, examples: list[list[str]] | None = None, concurrency: 
                     with gr.Row():
                         level = gr.Number(value=40, label="Level (centre)")
                         width = gr.Number(value=400, label="Width")
-                view = gr.Image(label="What the model sees", type="pil", interactive=False, elem_id="view")
+                view = gr.Image(
+                    label="What the model sees",
+                    type="pil",
+                    interactive=False,
+                    elem_id="view",
+                    buttons=["download", "fullscreen"],  # no share button: it would post to the Hub
+                )
                 status = gr.Markdown("Upload an image to start.", elem_id="status")
             with gr.Column(scale=2):
                 chat = gr.Chatbot(
@@ -198,6 +204,7 @@ def build_app(backend, *, examples: list[list[str]] | None = None, concurrency: 
                     elem_id="chat",
                     render_markdown=False,  # model text is shown as it is
                     feedback_options=None,
+                    buttons=["copy", "copy_all"],  # no share button: it would post to the Hub
                     height=420,
                 )
                 question = gr.Textbox(
