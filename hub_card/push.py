@@ -542,9 +542,17 @@ def _staged(plan: PushPlan, rel: str, staging: Path) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``medvqa push``."""
-    parser.add_argument("--model", required=True, metavar="DIR", help="the model folder to upload")
     parser.add_argument(
-        "--repo-id", required=True, metavar="ID", help="namespace/name on the Hugging Face Hub"
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="the model folder to upload (with --space: a Hub model id)",
+    )
+    parser.add_argument("--repo-id", metavar="ID", help="namespace/name on the Hugging Face Hub")
+    parser.add_argument(
+        "--space",
+        metavar="REPO_ID",
+        help="instead: create or update a Gradio Space running `medvqa app` on the Hub model --model",
     )
     parser.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     parser.add_argument(
@@ -557,5 +565,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``medvqa push``."""
+    if args.space:  # a Space for the app (hub_card/space.py), not a model upload
+        if args.repo_id or args.revision:
+            raise MedVQAUserError("--space", "give --space or --repo-id/--revision, not both")
+        from hub_card.space import push_space
+
+        push_space(args.space, args.model, public=args.public, dry_run=args.dry_run)
+        return 0
+    if not args.repo_id:
+        raise MedVQAUserError("--repo-id", "required (or --space REPO_ID for the app's Space)")
     push_folder(args.model, args.repo_id, public=args.public, dry_run=args.dry_run, revision=args.revision)
     return 0

@@ -39,32 +39,33 @@ def free_port() -> int:
 def start_app(model_dir: Path, work: Path, *extra: str) -> LiveApp:
     """``medvqa app`` on a free port of 127.0.0.1; returns once it says it serves (or fails with its log)."""
     port = free_port()
+    command = [sys.executable, "-m", "training.cli", "app", "--model", str(model_dir), "--port", str(port)]
+    return start_server(
+        [*command, "--max-new-tokens", str(APP_MAX_NEW_TOKENS), *extra], work, port, {"PYTHONPATH": str(REPO)}
+    )
+
+
+def start_server(command: list[str], work: Path, port: int, env_extra: dict[str, str]) -> LiveApp:
+    """Run ``command`` in ``work`` (offline, no analytics, its own Gradio cache) until it prints that it serves."""
     log = work / "app.log"
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         "GRADIO_TEMP_DIR": str(work / "gradio-cache"),
+        **env_extra,
     }
-    command = [sys.executable, "-m", "training.cli", "app", "--model", str(model_dir), "--port", str(port)]
     with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [*command, "--max-new-tokens", str(APP_MAX_NEW_TOKENS), *extra],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=work,
-        )
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
     app = LiveApp(f"http://127.0.0.1:{port}/", log, process)
     deadline = time.monotonic() + START_TIMEOUT_S
     while "medvqa app: serving" not in app.log_text():
         if process.poll() is not None:
-            pytest.fail(f"medvqa app exited with {process.returncode}:\n{app.log_text()[-3000:]}")
+            pytest.fail(f"{command[1:3]} exited with {process.returncode}:\n{app.log_text()[-3000:]}")
         if time.monotonic() > deadline:
             stop_app(app)
-            pytest.fail(f"medvqa app did not start within {START_TIMEOUT_S} s:\n{app.log_text()[-3000:]}")
+            pytest.fail(f"{command[1:3]} did not start within {START_TIMEOUT_S} s:\n{app.log_text()[-3000:]}")
         time.sleep(0.5)
     return app
 
