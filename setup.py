@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_medvqa", "training", "training.*", "hub_card", "benchmarks"]),
-    package_data={"hub_card": ["*.md"], "training": ["evaluation/*.json"]},
+    package_data={"hub_card": ["*.md", "space/*"], "training": ["evaluation/*.json"]},
     install_requires=[
         "torch>=2.6",
         "torchvision",
