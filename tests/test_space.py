@@ -56,7 +56,7 @@ def test_the_readme_metadata_names_the_model_and_the_gradio_sdk(tmp_path):
     assert model_from_space_readme(tmp_path / "README.md") == "org/medvqa-lite"
     readme = files["README.md"].decode()
     assert "{model_id}" not in readme and "not a medical device" in readme
-    assert "training/app.py" in files and "training/images.py" in files
+    assert {"training/app.py", "training/images.py", "modeling_medvqa/modeling_medvqa.py"} <= set(files)
     assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc")]
 
 
@@ -122,9 +122,13 @@ def test_the_space_folder_runs_on_its_own_copy_of_the_code(tiny_model_dir, tmp_p
     from hub_card.space import space_files
 
     space = _write(space_files("org/medvqa-lite", "org/medvqa-space"), tmp_path / "space")
-    # the Space's `training` is its own copy, not this checkout's
+    # the Space's packages are its own copies, not this checkout's
     where = subprocess.run(
-        [sys.executable, "-c", "import app, training; print(training.__file__, app.MODEL_ID)"],
+        [
+            sys.executable,
+            "-c",
+            "import app, training, modeling_medvqa as m; print(training.__file__, m.__file__, app.MODEL_ID)",
+        ],
         cwd=space,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
         capture_output=True,
@@ -132,7 +136,8 @@ def test_the_space_folder_runs_on_its_own_copy_of_the_code(tiny_model_dir, tmp_p
         timeout=120,
         check=True,
     ).stdout.split()
-    assert Path(where[0]).parent == space / "training" and where[1] == "org/medvqa-lite"
+    assert Path(where[0]).parent == space / "training" and Path(where[1]).parent == space / "modeling_medvqa"
+    assert where[2] == "org/medvqa-lite"
 
     port = free_port()
     env = {
