@@ -226,3 +226,38 @@ def test_remote_code_only_when_asked(tmp_path, eval_set, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--trust-remote-code" in err and "custom" in err, err
+
+
+def test_dicom_and_nifti_reach_another_family_as_pil_images(tiny_vlms, tmp_path):
+    """Our loader (DICOM windowing, NIfTI middle slice) feeds any model: the tiny Qwen2-VL answers both."""
+    from nibabel.testing import data_path
+    from pydicom.data import get_testdata_file
+
+    records = [
+        {"question_id": "d", "image": get_testdata_file("CT_small.dcm", download=False), "question": "Is this a CT?",
+         "answer": "yes"},
+        {"question_id": "n", "image": str(Path(data_path) / "anatomical.nii"), "question": "Which organ is shown?",
+         "answer": "brain"},
+    ]  # fmt: skip
+    data = tmp_path / "medical.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny_vlms["qwen2_vl"]), "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--max-new-tokens", "2", "--batch-size", "2"]) == 0
+    predictions = _records(out / "predictions.jsonl")
+    assert [p["question_id"] for p in predictions] == ["d", "n"]
+    assert all(isinstance(p["prediction"], str) for p in predictions)
+
+
+def test_benchmark_against_the_pipeline_runs_and_agrees(tmp_path):
+    """The eval-vs-pipeline benchmark: both answer every question identically (same prompt, same greedy
+    decoding); the figures are present (no timed assertion)."""
+    from benchmarks.eval_vs_pipeline import main as bench
+
+    result = bench(["--family", "llava", "--questions", "4", "--batch-size", "2", "--max-new-tokens", "3",
+                    "--repeats", "1", "--threads", "0", "--out", str(tmp_path / "bench.json")])  # fmt: skip
+    assert result["same_answers"] == 4
+    assert (
+        result["ratio"] > 0 and result["ours_questions_per_s"] > 0 and result["pipeline_questions_per_s"] > 0
+    )
+    assert json.loads((tmp_path / "bench.json").read_text())["batch_size"] == 2
