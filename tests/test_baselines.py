@@ -1,5 +1,5 @@
-"""``medvqa eval`` on other families (LLaVA, Gemma 3, Qwen2-VL): tiny randomly initialised models built from their
-config classes, each with a locally trained tokenizer and its real processor class. Both prompt modes end to
+"""``medvqa eval`` on other families (LLaVA, Gemma 3, Qwen2-VL, Idefics3): tiny randomly initialised models built
+from their config classes, each with a locally trained tokenizer and its real processor class. Both prompt modes end to
 end, batched = one at a time, the report names the model; Hub revisions, ``--baselines`` and remote-code refusal."""
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ from test_eval import write_eval_set
 
 from training.cli import main
 
-FAMILIES = ("llava", "gemma3", "qwen2_vl")
-PROCESSORS = {"llava": "LlavaProcessor", "gemma3": "Gemma3Processor", "qwen2_vl": "Qwen2VLProcessor"}
+FAMILIES = ("llava", "gemma3", "qwen2_vl", "idefics3")
+PROCESSORS = {
+    "llava": "LlavaProcessor",
+    "gemma3": "Gemma3Processor",
+    "qwen2_vl": "Qwen2VLProcessor",
+    "idefics3": "Idefics3Processor",
+}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """Tiny randomly initialised image-text-to-text models of other families, for testing and benchmarking the baseline
 path of ``medvqa eval`` offline (no weights can be downloaded here).
 
-Each one is built from its transformers config class (LLaVA, Gemma 3, Qwen2-VL), saved with ``save_pretrained``
-next to its real processor class (``LlavaProcessor``, ``Gemma3Processor``, ``Qwen2VLProcessor``) and a byte-level
+Each one is built from its transformers config class (LLaVA, Gemma 3, Qwen2-VL, Idefics3), saved with
+``save_pretrained`` next to its real processor class (``LlavaProcessor``, ``Gemma3Processor``, ``Qwen2VLProcessor``,
+``Idefics3Processor``) and a byte-level
 BPE tokenizer trained locally with that family's special tokens and a chat template in that family's turn format.
 The folders are laid out as the Hub checkpoints are, so they load with ``AutoModelForImageTextToText`` and
 ``AutoProcessor`` and nothing in the evaluation knows which family it is reading.
@@ -47,6 +48,18 @@ _QWEN2_VL_TEMPLATE = (
     "{% endfor %}<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_IDEFICS3_TEMPLATE = (
+    "<|im_start|>"
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}:"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>{% elif item['type'] == 'text' %}"
+    "{{ (' ' if message['role'] == 'assistant' else '') + item['text'] | trim }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
 _HIDDEN = 32
@@ -231,6 +244,50 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(Qwen2VLForConditionalGeneration, config, processor, tokenizer, out_dir, seed)
 
 
+def build_tiny_idefics3(out_dir: str | Path, seed: int = 0) -> Path:
+    """SmolVLM / Idefics3 layout: SigLIP-like tower (32 px, 8 px patches, pixel shuffle 2: 4 tokens per tile),
+    images split into up to 2x2 tiles of 32 px plus the whole image (so prompts differ in length) + Llama."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    tiles = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tokenizer = _tokenizer(
+        ["<|im_start|>", "<|endoftext|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+         "<global-img>", *tiles],
+        bos="<|im_start|>",
+        eos="<end_of_utterance>",
+        pad="<|endoftext|>",
+        chat_template=_IDEFICS3_TEMPLATE,
+    )  # fmt: skip
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": _HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": 32, "patch_size": 8,
+        },
+        text_config={
+            "model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": _HIDDEN, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 512, "initializer_range": 0.2, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        },
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )  # fmt: skip
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(
+            size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=True
+        ),
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=_IDEFICS3_TEMPLATE,
+    )
+    return _save(Idefics3ForConditionalGeneration, config, processor, tokenizer, out_dir, seed)
+
+
 def _save(model_class, config, processor, tokenizer, out_dir: str | Path, seed: int) -> Path:
     import torch
     from transformers import GenerationConfig
@@ -251,6 +308,7 @@ TINY_FAMILIES: dict[str, Callable[..., Path]] = {
     "llava": build_tiny_llava,
     "gemma3": build_tiny_gemma3,
     "qwen2_vl": build_tiny_qwen2_vl,
+    "idefics3": build_tiny_idefics3,
 }
 
 
