@@ -114,11 +114,17 @@ def text_base(root: Path, **kw: Any) -> Path:
     return d
 
 
-def vision_base(root: Path, config: str = "{}") -> str:
+def vision_base(root: Path, config: str = '{"model_cfg": {}}') -> str:
     d = root / "clip"
     d.mkdir(parents=True)
     (d / "open_clip_config.json").write_text(config, encoding="utf-8")
     return f"local-dir:{d}"
+
+
+def _clip_with(root: Path, weights_bytes: bytes) -> str:
+    vision = vision_base(root)
+    (root / "clip" / "open_clip_model.safetensors").write_bytes(weights_bytes)
+    return vision
 
 
 def recipe(root: Path, text: str | None = None, encoding: str = "utf-8", **sections: Any) -> Path:
@@ -537,6 +543,32 @@ CASES: list[Case] = [
         "config.json",
     ),  # fmt: skip
     Case(
+        "init-open-clip-config-no-model-cfg",
+        lambda t: [
+            "init",
+            "--vision",
+            vision_base(t, "{}"),
+            "--text",
+            str(text_base(t)),
+            "--out",
+            str(t / "o"),
+        ],
+        "model_cfg",
+    ),
+    Case(
+        "init-open-clip-weights-pickle",
+        lambda t: [
+            "init",
+            "--vision",
+            _clip_with(t, pickle.dumps([1])),
+            "--text",
+            str(text_base(t)),
+            "--out",
+            str(t / "o"),
+        ],
+        "open_clip_model.safetensors",
+    ),
+    Case(
         "init-open-clip-config-deep",
         lambda t: [
             "init",
@@ -900,3 +932,44 @@ def test_console_script_error_is_the_only_stderr_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "optim" in lines[0] and str(bad) in lines[0], proc.stderr
+
+
+def test_error_after_the_model_loaded_is_still_the_only_line(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A corrupt image is found only when its batch is built, after the model loaded: no loading bar and no
+    transformers warning comes before the error line, and the output folder holds no predictions."""
+    data = records_file(tmp_path / "d")
+    (tmp_path / "d" / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # a PNG in name only
+    capsys.readouterr()
+    code = run_cli(
+        ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "a.png" in err and not (tmp_path / "o" / "predictions.jsonl").exists()
+
+
+def test_os_error_on_a_named_path_is_one_line_and_a_bug_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The boundary's safety net: IsADirectory/ELOOP/... on a path become one line; an OSError without a path
+    (a bug, or the library's own trouble) is not swallowed."""
+    import errno
+
+    import training.evaluation.score_cli as score_cli
+
+    def is_a_directory(args: Any) -> int:
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", "/data/predictions.jsonl")
+
+    monkeypatch.setattr(score_cli, "run", is_a_directory)
+    assert run_cli(["score", "--predictions", "p.jsonl", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert err == "medvqa score: error: /data/predictions.jsonl: Is a directory\n"
+
+    def bug(args: Any) -> int:
+        raise OSError("something internal")
+
+    monkeypatch.setattr(score_cli, "run", bug)
+    with pytest.raises(OSError, match="internal"):
+        run_cli(["score", "--predictions", "p.jsonl", "--out", "o"])

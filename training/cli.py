@@ -8,6 +8,7 @@ Command modules import heavy libraries (torch, transformers) inside ``run`` so t
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -74,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# errno values of OSErrors that describe the user's paths and disks; any other OSError keeps its traceback.
+_USER_OS_ERRNOS = frozenset(
+    {
+        errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.EEXIST, errno.EACCES, errno.EPERM,
+        errno.ENAMETOOLONG, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENXIO,
+    }
+)  # fmt: skip
+
+
 class _HeldWarnings(logging.Handler):
     """Holds library warnings (Python ``warnings`` and log records without a handler of their own) for the
     duration of a command: shown at the end when it succeeds, dropped when it ends in a user error, whose one
@@ -103,11 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = logging.getLogger()
     root.addHandler(held)
     logging.captureWarnings(True)
+    name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     try:
         code = int(args._run(args) or 0)
     except MedVQAUserError as exc:
-        name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
         print(f"medvqa {name}: error: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The safety net behind the checks at the source: a file-system refusal on a named path (a folder where a
+        # file was expected, a symlink loop, no permission, a full disk) is about the user's files, not our code.
+        if exc.filename is None or exc.errno not in _USER_OS_ERRNOS:
+            raise
+        print(f"medvqa {name}: error: {exc.filename}: {exc.strerror}".replace("\n", " "), file=sys.stderr)
         return 2
     finally:
         logging.captureWarnings(False)

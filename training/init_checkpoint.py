@@ -19,7 +19,7 @@ from typing import Any
 
 from training.cli_types import any_int, random_seed
 from training.errors import MedVQAUserError
-from training.file_checks import check_model_folder, read_json_object
+from training.file_checks import check_model_folder, check_safetensors, read_json_object
 from training.output_dir import prepare_output_dir
 
 IMAGE_TOKEN = "<|image|>"
@@ -62,7 +62,13 @@ def normalize_open_clip_id(vision: str) -> str:
             raise MedVQAUserError(
                 vision, "no open_clip_config.json in that folder (an open_clip Hub-layout folder)"
             )
-        read_json_object(Path(folder) / "open_clip_config.json", "open_clip_config.json")
+        config = read_json_object(Path(folder) / "open_clip_config.json", "open_clip_config.json")
+        if not isinstance(config.get("model_cfg"), dict):
+            raise MedVQAUserError(
+                Path(folder) / "open_clip_config.json", "has no model_cfg mapping (open_clip's)"
+            )
+        for weights in sorted(Path(folder).glob("*.safetensors")):  # open_clip prefers these over pickles
+            check_safetensors(weights)
         return f"local-dir:{folder}"
     raise MedVQAUserError(
         vision, "not an open_clip id (hf-hub:ORG/NAME or local-dir:PATH) nor an existing folder"

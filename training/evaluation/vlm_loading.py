@@ -75,6 +75,14 @@ def load_vlm(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     name = str(Path(model).expanduser()) if looks_local(model) else str(model)
+    from transformers.utils import logging as hf_logging
+
+    # transformers' warnings go through Python logging (`medvqa` holds them until the command succeeds, see
+    # training/cli.py) and its weight-loading bar stays off: on the error path nothing precedes the one line.
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         net = AutoModelForImageTextToText.from_pretrained(
             name, dtype="auto" if dtype == "auto" else getattr(torch, dtype), use_safetensors=True, **kwargs
@@ -82,6 +90,9 @@ def load_vlm(
         processor = AutoProcessor.from_pretrained(name, **kwargs)
     except OSError as exc:  # transformers' "missing file" / unreachable Hub id; the first line says which
         raise MedVQAUserError(model, f"cannot load the model ({str(exc).splitlines()[0]})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     net = net.to(device).eval()
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None and tokenizer.pad_token is None:
