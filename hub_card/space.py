@@ -24,10 +24,13 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def _check_id(value: str, what: str) -> None:
+    from hub_card.push import check_repo_id
+
     if not _HUB_ID.match(value or "") or value.startswith((".", "/")) or Path(value).exists():
         raise MedVQAUserError(
             value, f"not a Hub {what} id (expected namespace/name; a Space loads from the Hub)"
         )
+    check_repo_id(value)  # and what huggingface_hub's own validator refuses ("--", "..", ".git")
 
 
 def space_readme(model_id: str, space_id: str) -> str:

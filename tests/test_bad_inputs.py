@@ -372,6 +372,22 @@ CASES: list[Case] = [
     Case("ask-frame-negative", lambda t: _ask(t, "--frame", "-1"), "--frame"),
     Case("ask-axis-3", lambda t: _ask(t, "--axis", "3"), "--axis"),
     Case("demo-seed-negative", lambda t: ["demo", "--out", str(t / "d"), "--seed", "-1"], "--seed"),
+    Case("app-port-0", lambda t: ["app", "--model", str(t), "--port", "0"], "--port"),
+    Case("app-port-70000", lambda t: ["app", "--model", str(t), "--port", "70000"], "--port"),
+    Case("app-concurrency-0", lambda t: ["app", "--model", str(t), "--concurrency", "0"], "--concurrency"),
+    Case(
+        "app-queue-size-negative", lambda t: ["app", "--model", str(t), "--queue-size", "-1"], "--queue-size"
+    ),
+    Case(
+        "app-max-new-tokens-0",
+        lambda t: ["app", "--model", str(t), "--max-new-tokens", "0"],
+        "--max-new-tokens",
+    ),
+    Case(
+        "compare-resamples-0",
+        lambda t: ["compare", "a", "b", "--out", str(t / "o"), "--resamples", "0"],
+        "--resamples",
+    ),
     # --- recipes: one line naming the file and the key
     Case("recipe-seed-abc", lambda t: _train_recipe(t, recipe(t, seed="abc")), "seed"),
     Case("recipe-stages-list", lambda t: _train_recipe(t, recipe(t, stages=["clip", "lora"])), "stages"),
@@ -637,6 +653,16 @@ CASES: list[Case] = [
         lambda t: _push(t, _push_folder(t, {"model.safetensors.index.json": DEEP_JSON.encode()})),
         "model.safetensors.index.json",
     ),  # fmt: skip
+    Case(
+        "push-space-id-double-dash",
+        lambda t: ["push", "--space", "a--b/app", "--model", "org/m", "--dry-run"],
+        "a--b/app",
+    ),
+    Case(
+        "push-space-model-dotdot",
+        lambda t: ["push", "--space", "org/app", "--model", "org/m..x", "--dry-run"],
+        "org/m..x",
+    ),
     # --- accepted, with their post-conditions
     Case("samples-rerun-own-folder", _samples_rerun, accept=True, check=lambda t, out: _rerun_samples(t)),
     Case(

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from training.cli_types import port, positive_int
 from training.errors import MedVQAUserError
 
 # Gradio reads this when it is imported: no usage reports leave the machine.
@@ -55,13 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, help="model folder or Hub id (loaded with trust_remote_code)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens")
+    parser.add_argument("--port", type=port, default=7860, help="port (default: 7860)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest answer in tokens")
     parser.add_argument(
-        "--concurrency", type=int, default=1, help="questions answered at the same time (the rest wait)"
+        "--concurrency",
+        type=positive_int,
+        default=1,
+        help="questions answered at the same time (the rest wait)",
     )
     parser.add_argument(
-        "--queue-size", type=int, default=32, help="waiting requests before new ones are refused"
+        "--queue-size", type=positive_int, default=32, help="waiting requests before new ones are refused"
     )
 
 
