@@ -343,10 +343,7 @@ def serve(
 
 def run(args: argparse.Namespace) -> int:
     """``medvqa app``."""
-    if args.concurrency < 1 or args.queue_size < 1:
-        raise MedVQAUserError("--concurrency/--queue-size", "must be at least 1")
-    if not 0 < args.port < 65536:
-        raise MedVQAUserError("--port", f"{args.port} is not a port number")
+    # --port, --concurrency, --queue-size and --max-new-tokens are checked by argparse (training/cli_types.py)
     serve(
         args.model,
         host=args.host,
