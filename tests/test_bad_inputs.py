@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import struct
@@ -999,3 +1000,21 @@ def test_os_error_on_a_named_path_is_one_line_and_a_bug_keeps_its_traceback(
     monkeypatch.setattr(score_cli, "run", bug)
     with pytest.raises(OSError, match="internal"):
         run_cli(["score", "--predictions", "p.jsonl", "--out", "o"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"per_device_batch": 0}, "--batch"),
+        ({"seq_len": 0}, "--seq-len"),
+        ({"gpu_memory_gb": math.inf}, "--gpu-memory"),
+    ],
+)
+def test_planner_refuses_instead_of_substituting_defaults(kwargs: dict[str, Any], option: str) -> None:
+    """Called as a library too, a 0 batch or sequence is refused, never replaced by the recipe's value."""
+    from training.train.planner import plan_memory
+    from training.train.recipe import load_recipe
+
+    args = {"gpu_memory_gb": 40.0, **kwargs}
+    with pytest.raises(MedVQAUserError, match=option):
+        plan_memory(load_recipe(TINY_RECIPE), "lora", 1, device="cpu", **args)

@@ -600,9 +600,14 @@ def plan_memory(
     zero_stage = int(recipe.training.zero_stage if zero_stage is None else zero_stage)
     if zero_stage not in ZERO_STAGES:
         raise MedVQAUserError("--zero", f"ZeRO stage must be one of {list(ZERO_STAGES)}")
-    if not gpu_memory_gb > 0:
-        raise MedVQAUserError("--gpu-memory", "must be a positive number of GiB")
-    batch = int(per_device_batch or recipe.stage_value(stage, "per_device_train_batch_size"))
+    if not (gpu_memory_gb > 0 and math.isfinite(gpu_memory_gb)):
+        raise MedVQAUserError("--gpu-memory", "must be a positive, finite number of GiB")
+    # None means "the recipe's"; a 0 given by a caller is refused below, never replaced by the default
+    batch = int(
+        recipe.stage_value(stage, "per_device_train_batch_size")
+        if per_device_batch is None
+        else per_device_batch
+    )
     if batch < 1:
         raise MedVQAUserError("--batch", "must be at least 1")
     checkpointing = (
@@ -626,7 +631,7 @@ def plan_memory(
         recipe.stage("joint").vision_trainable_blocks,
     )
     image_tokens = int(config.image_seq_length)
-    seq = int(seq_len or default_seq_len(recipe, image_tokens))
+    seq = int(default_seq_len(recipe, image_tokens) if seq_len is None else seq_len)
     if seq <= image_tokens:
         raise MedVQAUserError("--seq-len", f"must exceed the {image_tokens} image tokens")
     answers = int(answer_tokens or TYPICAL_ANSWER_TOKENS)
