@@ -138,6 +138,17 @@ def test_examples_come_from_the_sample_sources_and_load():
         assert question.endswith("?")
 
 
+def test_model_calls_share_one_concurrency_limit_and_only_answer_is_public(backend):
+    from training.app import MODEL_CONCURRENCY_ID, build_app
+
+    app = build_app(backend, concurrency=2)
+    model_fns = [fn for fn in app.fns.values() if fn.concurrency_id == MODEL_CONCURRENCY_ID]
+    assert len(model_fns) == 2  # the page's question and the /answer API
+    assert all(fn.concurrency_limit == 2 for fn in model_fns)
+    public = [fn.api_name for fn in app.fns.values() if fn.api_visibility == "public"]
+    assert public == ["answer"]
+
+
 def test_bad_options_exit_2_with_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as refused:  # options are checked by argparse (training/cli_types.py)
         main(["app", "--model", str(tmp_path), "--port", "0"])
