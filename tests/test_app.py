@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -185,3 +186,17 @@ def test_gradio_client_dicom_two_questions_then_a_bad_file(live_app, app_files, 
     log = live_app.log_text()
     assert not [m for m in PATIENT_MARKERS if m in log]
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_latency_benchmark_runs_and_the_apps_answers_equal_asks(tiny_model_dir, tmp_path, capsys):
+    from benchmarks.app_latency import main as bench
+
+    out = tmp_path / "latency.json"
+    args = ["--model", str(tiny_model_dir), "--startups", "1", "--repeats", "2", "--max-new-tokens", "4"]
+    assert bench([*args, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "the app's answers equal ask's: True" in printed
+    figures = json.loads(out.read_text())["figures"]
+    assert len(figures) == 3
+    assert all(f["ratio"] > 0 and f["seconds"] > 0 and f["reference_seconds"] > 0 for f in figures.values())
