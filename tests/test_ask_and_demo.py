@@ -116,5 +116,9 @@ def test_demo_runs_the_whole_chain(tmp_path: Path, capsys, monkeypatch):
     for stage in ("clip", "lora", "joint"):
         assert stages[stage]["last_loss"] < stages[stage]["first_loss"], stage
     assert "ground truth:" in printed and "majority" in printed
+    # the image-blind run on the same questions, printed and in the report
+    assert "image-blind" in printed and "McNemar p" in printed
+    blind = report["image_blind"]
+    assert blind["method"] == "blank" and blind["paired_difference"]["overall"]["n"] == report["n"]
     # Trained on held-out source files, the tiny model still beats answering every question with the majority answer.
     assert report["overall"]["accuracy"] > report["baselines"]["majority_answer"]["accuracy"]

@@ -114,8 +114,15 @@ def run(args: argparse.Namespace) -> int:
 
     eval_dir = out / "eval"
     evaluation = steps.run(
-        "Evaluation on the held-out test split (all scoring rules, Wilson 95% intervals, charts)",
-        lambda: evaluate(last.merged_dir, open_dir / "test.jsonl", eval_dir, train=open_dir / "train.jsonl"),
+        "Evaluation on the held-out test split (all scoring rules, Wilson 95% intervals, charts, image-blind run)",
+        # --ablate-image blank: the same questions again with a black image, to show the model uses the image
+        lambda: evaluate(
+            last.merged_dir,
+            open_dir / "test.jsonl",
+            eval_dir,
+            train=open_dir / "train.jsonl",
+            ablate_image="blank",
+        ),
     )
     print(f"      report: {eval_dir / 'report.md'}")
 
@@ -190,7 +197,30 @@ def _print_results(report: dict[str, Any]) -> None:
     by_modality_base = baselines.get("by_modality", {})
     for name, metric in sorted(report.get("by_modality", {}).items()):
         print(row(f"  {name}", metric, by_modality_base.get(name)))
+    _print_image_blind(report)
     rules = report.get("primary", {})
     print(f"      rules: yes/no -> {rules.get('yes_no')}, open -> {rules.get('open')}; intervals: Wilson 95%")
     for warning in report.get("warnings", []):
         print(f"      warning: {warning}")
+
+
+def _print_image_blind(report: dict[str, Any]) -> None:
+    """With the image vs image-blind on the same questions: accuracy, difference, 95% CI, McNemar p."""
+    section = report.get("image_blind")
+    if not section:
+        return
+    diff = section["paired_difference"]
+    print(f"\n      with the image vs image-blind ({section['method']}: {section['description']})")
+    print(
+        f"      {'':26s} {'n':>4s}  {'image %':>7s}  {'blind %':>7s}  {'diff':>6s}  {'95% CI':^15s}  McNemar p"
+    )
+    rows = [("overall", diff["overall"]), ("yes/no", diff["yes_no"]), ("open", diff["open"])]
+    rows += [(f"  {name}", d) for name, d in diff["by_question_type"].items()]
+    for label, d in rows:
+        if not d["n"]:
+            continue
+        low, high = d["ci95"]
+        print(
+            f"      {label:26s} {d['n']:4d}  {100 * d['real']:7.1f}  {100 * d['blind']:7.1f}  "
+            f"{100 * d['difference']:+6.1f}  [{100 * low:+5.1f}, {100 * high:+5.1f}]  {d['mcnemar_p']:.2g}"
+        )

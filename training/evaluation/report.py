@@ -13,7 +13,9 @@ Report layout (§7 keys, plus extras):
   taken from ``--train`` when given, else from the evaluated set (``baseline_source`` says which); an M
   with the same slices nested inside (``yes_no``, ``open``, ``by_modality``, ..., ``templates``);
   ``baselines.majority_by_question_type`` / ``majority_by_modality``: the same, but the most frequent answer
-  of the question's (question type, answer type) / (modality, answer type), falling back to the answer type's;
+  of the question's (question type, answer type) / (modality, answer type), falling back to the answer type's
+  (the per-modality one knows each image's modality label: a "recognises the modality only" reference, not a
+  blind guess; on Modality Recognition questions it nearly is the answer);
 - ``benchmark_answer_type``: closed / open by the benchmark's own label (``answer_type_raw``: SLAKE, VQA-RAD
   ``CLOSED`` / ``OPEN``), overall and inside each ``by_dataset`` entry that has it;
 - ``not_scorable``: per rule, how many records it was meant for but could not score, by reason
