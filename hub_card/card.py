@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.errors import MedVQAUserError
-from training.file_checks import read_json_object, read_yaml, sniff
+from training.file_checks import read_json_object, read_yaml, sniff, why_not
 
 if TYPE_CHECKING:  # huggingface_hub is imported inside functions: `medvqa --help` stays fast
     from huggingface_hub import EvalResult, ModelCard
@@ -791,11 +791,11 @@ def write_card(
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise MedVQAUserError(model_dir, "model folder not found")
+        raise MedVQAUserError(model_dir, f"model folder: {why_not(model_dir, 'folder')}")
     report_path = Path(report_path)
     if not report_path.is_file():
         raise MedVQAUserError(
-            report_path, "report not found (medvqa eval or medvqa score writes report.json)"
+            report_path, f"report: {why_not(report_path)} (medvqa eval or medvqa score writes report.json)"
         )
     report = _read_json(report_path)
     if recipe_path is None and (model_dir / RECIPE_IN_FOLDER).is_file():
@@ -803,7 +803,7 @@ def write_card(
     recipe = None
     if recipe_path is not None:
         if not Path(recipe_path).is_file():
-            raise MedVQAUserError(recipe_path, "recipe not found")
+            raise MedVQAUserError(recipe_path, f"recipe: {why_not(recipe_path)}")
         recipe = load_recipe(recipe_path)
     out = model_dir / "README.md"
     check_readme_writable(out)  # before building: a refusal must not cost the card's work

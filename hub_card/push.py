@@ -39,7 +39,7 @@ from typing import Any
 
 from hub_card.card import local_paths, scrub
 from training.errors import MedVQAUserError
-from training.file_checks import check_safetensors, read_json_object, sniff
+from training.file_checks import check_safetensors, read_json_object, sniff, why_not
 
 # Exact top-level names that go up.
 ALLOWED_NAMES = frozenset(
@@ -276,7 +276,7 @@ def plan_push(model_dir: str | Path) -> PushPlan:
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise MedVQAUserError(model_dir, "model folder not found")
+        raise MedVQAUserError(model_dir, f"model folder: {why_not(model_dir, 'folder')}")
     plan = PushPlan(model_dir=model_dir)
     entries = sorted(model_dir.iterdir(), key=lambda p: p.name)
     # Symbolic links are never followed (is_file()/is_dir() would): config.json -> /etc/passwd stays home.

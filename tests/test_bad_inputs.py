@@ -128,6 +128,18 @@ def _clip_with(root: Path, weights_bytes: bytes) -> str:
     return vision
 
 
+def _loop(root: Path) -> str:
+    """A symlink that points at itself (ELOOP on every open)."""
+    os.symlink(root / "loop", root / "loop")
+    return str(root / "loop")
+
+
+def _linked_folder(root: Path) -> Path:
+    d = model_folder(root)
+    os.symlink(d, root / "linked")
+    return root / "linked"
+
+
 def recipe(root: Path, text: str | None = None, encoding: str = "utf-8", **sections: Any) -> Path:
     """The tiny recipe with ``sections`` merged in (``key=value`` at the top, ``training={...}`` into a section)."""
     import yaml
@@ -664,7 +676,51 @@ CASES: list[Case] = [
         lambda t: ["push", "--space", "org/app", "--model", "org/m..x", "--dry-run"],
         "org/m..x",
     ),
+    # --- file-system oddities on user paths: symlink loops, folders for files, files for folders
+    Case(
+        "train-data-symlink-loop",
+        lambda t: ["train", "--recipe", str(recipe(t)), "--data", _loop(t)],
+        "Too many levels of symbolic links",
+    ),
+    Case(
+        "train-data-is-a-folder",
+        lambda t: ["train", "--recipe", str(recipe(t)), "--data", str(t)],
+        "is a folder, not a file",
+    ),
+    Case(
+        "recipe-symlink-loop", lambda t: ["train", "--recipe", _loop(t)], "Too many levels of symbolic links"
+    ),
+    Case("plan-recipe-is-a-folder", lambda t: _plan(t, recipe_path=t), "not a regular file"),
+    Case(
+        "eval-model-symlink-loop",
+        lambda t: ["eval", "--model", _loop(t), "--data", str(records_file(t / "d")), "--out", str(t / "o")],
+        "Too many levels of symbolic links",
+    ),
+    Case("ask-model-is-a-file", lambda t: _ask(t, model=regular_file(t / "m.txt")), "m.txt"),
+    Case(
+        "card-report-is-a-folder",
+        lambda t: ["card", "--model", str(card_folder(t)), "--report", str(t)],
+        "is a folder, not a file",
+    ),
+    Case(
+        "card-model-is-a-file",
+        lambda t: ["card", "--model", str(regular_file(t / "m.txt")), "--report", str(t / "r.json")],
+        "is a file, not a folder",
+    ),
+    Case("card-recipe-symlink-loop", lambda t: [*_card(t), "--recipe", _loop(t)], "Too many levels"),
+    Case("push-model-is-a-file", lambda t: _push(t, regular_file(t / "m.txt")), "is a file, not a folder"),
+    Case(
+        "score-predictions-is-a-folder",
+        lambda t: ["score", "--predictions", str(t), "--out", str(t / "o")],
+        lambda t: str(t),
+    ),
     # --- accepted, with their post-conditions
+    Case(
+        "push-model-folder-given-as-a-link",
+        lambda t: _push(t, _linked_folder(t)),
+        accept=True,
+        check=lambda t, out: _would_upload(out, "model.safetensors"),
+    ),  # the folder you name; links inside: never
     Case("samples-rerun-own-folder", _samples_rerun, accept=True, check=lambda t, out: _rerun_samples(t)),
     Case(
         "score-new-then-same-folder",

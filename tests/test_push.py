@@ -283,7 +283,7 @@ def test_single_file_weights_and_missing_card_warning(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("problem", "reason"),
     [
-        ("missing_folder", "not found"),
+        ("missing_folder", "no such file or folder"),
         ("no_weights", "no safetensors weights"),
         ("only_pickles", "only pickled ones"),
         ("missing_shard", "missing weight files"),

@@ -8,6 +8,7 @@ its name (:func:`sniff`): a DICOM renamed ``scan.png`` is still a DICOM.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -26,6 +27,21 @@ _SNIFF_BYTES = 132  # DICOM's "DICM" sits after a 128-byte preamble
 def os_reason(exc: OSError) -> str:
     """A short reason for an OS error on a user path (``Is a directory``, ``Too many levels of symbolic links``)."""
     return exc.strerror or exc.__class__.__name__
+
+
+def why_not(path: str | os.PathLike[str], want: str = "file") -> str:
+    """Why ``path`` is not the regular file (``want="file"``) or folder (``"folder"``) a command expected, in the
+    words of the file system: "no such file or folder", "is a folder, not a file", "Too many levels of symbolic
+    links" (a symlink loop), "Permission denied" ..."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return "no such file or folder" if exc.errno == errno.ENOENT else os_reason(exc)
+    if want == "folder":
+        return "is a file, not a folder" if stat.S_ISREG(mode) else "is not a folder"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    return "is not a regular file (a FIFO, socket or device)"
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
@@ -142,8 +158,7 @@ def check_model_folder(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     folder = Path(path)
     if not folder.is_dir():
-        found = "not a folder" if folder.exists() else "no such folder"
-        raise MedVQAUserError(folder, f"not a model folder ({found}, so no config.json)")
+        raise MedVQAUserError(folder, f"not a model folder ({why_not(folder, 'folder')}, so no config.json)")
     if not (folder / "config.json").exists():
         raise MedVQAUserError(folder, "not a model folder (no config.json)")
     config = read_json_object(folder / "config.json", "config.json")

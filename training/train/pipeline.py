@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import MedVQAUserError
+from training.file_checks import why_not
 from training.output_dir import prepare_output_dir
 from training.train.recipe import STAGES, Recipe
 from training.train.sft_stages import StageResult
@@ -28,11 +29,12 @@ def read_train_records(path: str | Path) -> tuple[list[dict[str, Any]], Path]:
     """Training records with image paths made absolute (relative paths are relative to the JSONL's folder)."""
     from training.data.records import read_records, resolve_image
 
-    path = Path(path).resolve()  # absolute image paths: workers and later stages may run from another folder
-    if not path.is_file():
+    path = Path(path)
+    if not path.is_file():  # checked before resolve(), which raises RuntimeError on a symlink loop
         raise MedVQAUserError(
-            path, "training data not found (run `medvqa data convert` first, or fix data.train)"
+            path, f"training data: {why_not(path)} (run `medvqa data convert` first, or fix data.train)"
         )
+    path = path.resolve()  # absolute image paths: workers and later stages may run from another folder
     records = read_records(path)
     if not records:
         raise MedVQAUserError(path, "no records")
