@@ -132,6 +132,7 @@ def test_eval_end_to_end_in_both_prompt_modes(tiny_vlms, eval_set, tmp_path, fam
         # records 1 and 4 of the first 6 have their answer among the options
         assert report["n"] == 6 and report["scorers"]["mc_qa_score"]["n"] == 2
         assert report["scorers"]["mc_prefix_score"]["n"] == 2
+        assert f"prompt `{prompt}`" in (out / "report.md").read_text()
         predictions = _records(out / "predictions.jsonl")
         assert all(isinstance(p["prediction"], str) for p in predictions)
         losses[prompt] = [p["mc_prefix_losses"] for p in predictions if p["options"]]

@@ -93,6 +93,17 @@ def _image_blind_lines(section: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _model_line(model: Mapping[str, Any]) -> str:
+    gen = model.get("generation", {})
+    revision = f" @ `{model['revision']}`" if model.get("revision") else ""
+    return (
+        f"Model: `{model.get('id')}`{revision} ({model.get('family')}, {model.get('model_class')}, "
+        f"{model.get('dtype')}); prompt `{model.get('prompt')}`"
+        + (f", adapter `{model['adapter']}`" if model.get("adapter") else "")
+        + f"; greedy, {gen.get('max_new_tokens')} new tokens at most, batch size {gen.get('batch_size')}."
+    )
+
+
 def render_markdown(report: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
     """The report as Markdown; ``charts``: PNG file names (in the same folder) to show."""
     # A scorer that applied to no question at all (mc_prefix_score in `score`) gets no column, but a line below.
@@ -109,6 +120,8 @@ def render_markdown(report: Mapping[str, Any], charts: Sequence[str] = ()) -> st
         + "), scored with the same rule.",
         "",
     ]
+    if "model" in report:  # eval only: what was run, so that the numbers can be reproduced
+        lines += [_model_line(report["model"]), ""]
     for warning in report.get("warnings", []):
         lines.append(f"> **Warning:** {warning}")
     if report.get("warnings"):
