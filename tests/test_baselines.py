@@ -267,3 +267,22 @@ def test_benchmark_against_the_pipeline_runs_and_agrees(tmp_path):
         result["ratio"] > 0 and result["ours_questions_per_s"] > 0 and result["pipeline_questions_per_s"] > 0
     )
     assert json.loads((tmp_path / "bench.json").read_text())["batch_size"] == 2
+
+
+def test_template_that_cannot_score_options_is_refused_before_generating(
+    tiny_vlms, eval_set, tmp_path, capsys
+):
+    """A chat template whose answer turn does not follow its generation prompt: mc_prefix is refused with one line
+    naming the way out, and --no-mc-prefix evaluates."""
+    folder = tmp_path / "odd-llava"
+    shutil.copytree(tiny_vlms["llava"], folder)
+    template = folder / "chat_template.jinja"
+    text = template.read_text()
+    assert "ASSISTANT:{% endif %}" in text
+    template.write_text(text.replace("ASSISTANT:{% endif %}", "ASSISTANT (short answer):{% endif %}"))
+    argv = ["eval", "--model", str(folder), "--data", str(eval_set), "--limit", "2", "--max-new-tokens", "2"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--no-mc-prefix" in err, err
+    assert not (tmp_path / "a" / "predictions.jsonl").exists()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--no-mc-prefix"]) == 0

@@ -171,10 +171,23 @@ def evaluate(
         blind_images = BlindImages(loader, records, ablate_image)  # a bad method or one source: fail early
     out = prepare_output_dir(out_dir, "eval")
 
+    def prepare(processor) -> None:
+        prompting.apply_adapter(processor, quirk)
+        with_options = next((r for r in records if r.get("options")), None)
+        # a template that cannot score options is refused before the weights load
+        if mc_prefix and with_options is not None:
+            question = prompting.question_text(with_options, prompt)
+            prefix = prompting.render(processor, question)
+            _option_completion(processor, prefix, question, str(with_options["options"][0]))
+
     model, processor = load_vlm(
-        model_dir, device=device, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code
+        model_dir,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        prepare_processor=prepare,
     )
-    prompting.apply_adapter(processor, quirk)
     loader.keep_gray = accepts_gray(processor)
     start = time.perf_counter()
     answers = generate_answers(
@@ -365,7 +378,11 @@ def _option_completion(processor, prefix: str, question: str, option: str) -> tu
     full = prompting.render(processor, question, answer=option)
     text = option.strip()  # templates trim message text
     if not full.startswith(prefix) or text not in full[len(prefix) :]:
-        raise RuntimeError("the chat template's answer turn does not extend its generation prompt")
+        raise MedVQAUserError(
+            "--mc-prefix",
+            "this model's chat template does not write an answer right after its generation prompt, so options "
+            "cannot be scored by their loss; run with --no-mc-prefix",
+        )
     completion = full[len(prefix) :]
     # a template may put a space before the answer (LLaVA's "ASSISTANT: answer"); byte-level BPE glues it to the
     # option's first token, so it is scored with the option

@@ -11,6 +11,7 @@ weights come from the Hub cache, read from the snapshot folder they were resolve
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,12 @@ def load_vlm(
     dtype: str = "auto",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    prepare_processor: Callable[[Any], None] | None = None,
 ):
     """(model in eval mode on ``device``, processor) for a folder or Hub id, through the Auto classes.
+
+    The processor loads first: ``prepare_processor(processor)`` (an adapter, checks of its chat template) runs
+    before the weights load, so that what it refuses costs no model load.
 
     ``dtype``: ``auto`` keeps the checkpoint's dtype. Weights load from safetensors only (``use_safetensors``):
     a checkpoint with only pickled weights is refused rather than unpickled. The tokenizer gets a pad token (its
@@ -84,20 +89,21 @@ def load_vlm(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
+        processor = AutoProcessor.from_pretrained(name, **kwargs)
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is not None and tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if prepare_processor is not None:
+            prepare_processor(processor)
         net = AutoModelForImageTextToText.from_pretrained(
             name, dtype="auto" if dtype == "auto" else getattr(torch, dtype), use_safetensors=True, **kwargs
         )
-        processor = AutoProcessor.from_pretrained(name, **kwargs)
     except OSError as exc:  # transformers' "missing file" / unreachable Hub id; the first line says which
         raise MedVQAUserError(model, f"cannot load the model ({str(exc).splitlines()[0]})") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    net = net.to(device).eval()
-    tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is not None and tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return net, processor
+    return net.to(device).eval(), processor
 
 
 def _import_our_classes() -> None:
