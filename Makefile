@@ -18,7 +18,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
+# transformers' own model tests are not in its wheel: fetch the installed version's sdist tests/ into .cache/
 install: $(BIN)/medvqa browser
+	$(BIN)/python tools/fetch_transformers_tests.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -36,7 +36,8 @@ setup(
         "quant": ["bitsandbytes>=0.45"],
         # the web app (medvqa app) and its Space
         "app": ["gradio>=5.0", "gradio_client>=1.0"],
-        "dev": ["pytest", "ruff", "hypothesis", "playwright"],
+        # parameterized: imported by transformers' test_modeling_common.py (tests/test_transformers_common.py)
+        "dev": ["pytest", "ruff", "hypothesis", "playwright", "parameterized"],
     },
     entry_points={"console_scripts": ["medvqa=training.cli:main"]},
 )

@@ -101,21 +101,22 @@ class MedVQAVisionTower(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
     ) -> BaseModelOutputWithPooling:
-        """(B, 3, H, W) -> ``last_hidden_state`` (B, num_patches, hidden_size), and with ``output_hidden_states``
-        the patch tokens after every block that is built (``hidden_states[-1]`` is ``last_hidden_state``)."""
+        """(B, 3, H, W) -> ``last_hidden_state`` (B, num_patches, hidden_size); with ``output_hidden_states`` also the
+        patch tokens of the embeddings and after every built block, as transformers' vision models return them."""
         # timm checkpoints its blocks itself; transformers' gradient_checkpointing_enable sets our flag.
-        self.trunk.grad_checkpointing = self.gradient_checkpointing and self.training
+        trunk = self.trunk
+        trunk.grad_checkpointing = self.gradient_checkpointing and self.training
         if not output_hidden_states:
-            hidden = self.trunk.forward_features(pixel_values)[:, self.num_prefix_tokens :]
+            hidden = trunk.forward_features(pixel_values)[:, self.num_prefix_tokens :]
             return BaseModelOutputWithPooling(last_hidden_state=hidden)
-        per_block = self.trunk.forward_intermediates(
-            pixel_values,
-            indices=len(self.trunk.blocks),
-            norm=False,
-            output_fmt="NLC",
-            intermediates_only=True,
-        )  # timm drops the prefix tokens from these already
-        hidden_states = tuple(per_block)
+        # forward_features step by step (timm's forward_intermediates gives the blocks' outputs but not the
+        # embeddings'); _pos_embed is timm's own step that adds the position embedding and the prefix tokens.
+        hidden = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(pixel_values))))
+        hidden_states = [hidden]
+        for block in trunk.blocks:
+            hidden = block(hidden)
+            hidden_states.append(hidden)
+        hidden_states = tuple(state[:, self.num_prefix_tokens :] for state in hidden_states)
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states[-1], hidden_states=hidden_states)
 
 
@@ -190,7 +191,10 @@ class MedVQAModel(MedVQAPreTrainedModel):
         # tower has its weights on the meta device.
         dtype = self.multi_modal_projector.linear_1.weight.dtype
         pixel_values = pixel_values.to(dtype=dtype)
-        if kwargs.get("output_hidden_states"):
+        output_hidden_states = kwargs.get("output_hidden_states")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.vision_config.output_hidden_states
+        if output_hidden_states:
             image_outputs = self.vision_tower(pixel_values, output_hidden_states=True)
         else:
             image_outputs = self.vision_tower(pixel_values)

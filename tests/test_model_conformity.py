@@ -125,7 +125,8 @@ def test_image_features_follow_transformers_output_conventions(layout):
     with torch.no_grad():
         features = model.get_image_features(inputs["pixel_values"], output_hidden_states=True)
         out = model(**inputs, output_hidden_states=True)
-    assert len(features.hidden_states) == config.num_vision_blocks_used
+    # As transformers' vision models: the embeddings' output, then one per block.
+    assert len(features.hidden_states) == config.num_vision_blocks_used + 1
     torch.testing.assert_close(features.hidden_states[-1], features.last_hidden_state)
     assert not torch.allclose(features.hidden_states[0], features.hidden_states[-1])
     assert features.pooler_output.shape == (3, config.image_seq_length, config.text_config.hidden_size)
