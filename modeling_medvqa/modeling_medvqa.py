@@ -11,7 +11,7 @@ Shapes (paper model, batch B, text length T including the image tokens):
          block 11 is never built), CLS dropped                                                  (B, 196, 768)
       -> multi_modal_projector: Linear(768, 4096) -> GELU -> Linear(4096, 4096)                  (B, 196, 4096)
     input_ids (B, T) with 196 ``<|image|>`` ids per image
-      -> embed_tokens (image ids are never looked up: they may lie outside the embedding table) (B, T, 4096)
+      -> embed_input_ids: embed_tokens; image ids past the table (the real layout) get zero vectors (B, T, 4096)
       -> masked_scatter of the image features into the image positions
       -> Llama decoder                                                          last_hidden_state (B, T, 4096)
       -> lm_head (only the last ``logits_to_keep`` positions)                              logits (B, T', 128256)
