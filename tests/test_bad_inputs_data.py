@@ -469,6 +469,13 @@ def _parquet_fifo(tmp: Path, model: Path | None) -> tuple[list[str], object]:
     return import_argv("vqa-rad", f, tmp), f
 
 
+def _eval_with_image(tmp: Path, model: Path | None, image: Path) -> tuple[list[str], object]:
+    """``medvqa eval`` on one record whose image is ``image``: refused at ``data.jsonl:1`` before the model."""
+    rec = {"question_id": "1", "image": image.name, "question": "Which organ?", "answer": "lung"}
+    data = jsonl(tmp / "data.jsonl", json.dumps(rec).encode() + b"\n")
+    return ["eval", "--model", str(model), "--data", str(data), "--out", str(tmp / "out")], f"{data}:1"
+
+
 def _deep(n: int) -> bytes:
     return b"[" * n + b"]" * n
 
@@ -577,6 +584,18 @@ CASES: list[Case] = [
         "image-nul-in-path",
         lambda t, m: (["ask", "--model", str(m), "--image", "a\0b.png", "--question", "q"], r"a\x00b.png"),
         "NUL byte",
+        model=True,
+    ),  # fmt: skip
+    Case(
+        "eval-record-image-is-a-directory",
+        lambda t, m: _eval_with_image(t, m, _dir(t / "scan.png")),
+        "is a directory",
+        model=True,
+    ),  # fmt: skip
+    Case(
+        "eval-record-image-is-a-fifo",
+        lambda t, m: _eval_with_image(t, m, _mkfifo(t / "scan.png")),
+        "not a regular file",
         model=True,
     ),  # fmt: skip
     # ---- DICOM

@@ -325,7 +325,14 @@ class ImageLoader:
         for lineno, record in lines:
             path = self.path(record)
             if not path.is_file():
-                raise MedVQAUserError(f"{source}:{lineno}", f"image {path}: no such file")
+                why = (
+                    "is a directory"
+                    if path.is_dir()
+                    else "not a regular file"
+                    if path.exists()
+                    else "no such file"
+                )
+                raise MedVQAUserError(f"{source}:{lineno}", f"image {path}: {why}")
 
     def __call__(self, record: Mapping[str, Any]):
         return self._load(str(self.path(record)), self.keep_gray)
