@@ -111,6 +111,25 @@ def dicom_bad_value(path: Path, keyword: str, bad: bytes) -> Path:
     return path
 
 
+def dicom_without_meta(path: Path) -> Path:
+    """CT_small's data set alone, implicit VR, no preamble and no file meta (an old ACR-NEMA style file)."""
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    buf = io.BytesIO()
+    fp = DicomFileLike(buf)
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, pydicom.dcmread(DCM / "CT_small.dcm"))
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _same_as_ct_small(path: Path) -> None:
+    assert (
+        np.asarray(load_medical_image(path)) == np.asarray(load_medical_image(DCM / "CT_small.dcm"))
+    ).all()
+
+
 def struct_tag(tag: int) -> bytes:
     return (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
 
@@ -689,6 +708,18 @@ CASES: list[Case] = [
         "dicom-colour-without-planar-configuration",
         ask(lambda t: dicom(t / "spp.dcm", lambda ds: setattr(ds, "SamplesPerPixel", 3))),
         "missing PlanarConfiguration",
+        model=True,
+    ),  # fmt: skip
+    Case(
+        "dicom-empty-pixel-data",
+        ask(lambda t: dicom(t / "e.dcm", lambda ds: setattr(ds, "PixelData", b""))),
+        "no pixel data",
+        model=True,
+    ),  # fmt: skip
+    Case(
+        "dicom-acr-nema-without-file-meta-accepted",
+        ask(lambda t: dicom_without_meta(t / "acr.dcm")),
+        check=answered(lambda t: _same_as_ct_small(t / "acr.dcm")),
         model=True,
     ),  # fmt: skip
     Case("dicom-axis-option", ask(lambda t: DCM / "CT_small.dcm", "--axis", "0"), "use frame", model=True),

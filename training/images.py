@@ -432,8 +432,9 @@ def _load_dicom(
         raise ImageLoadError(
             p, f"unreadable DICOM file, truncated or damaged ({type(exc).__name__})"
         ) from None
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not any(k in ds and ds[k].value for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageLoadError(p, "DICOM file has no pixel data")
+    _ensure_transfer_syntax(ds)
     _check_pixel_module(p, ds)
     rows, cols = int(_dicom_number(p, ds, "Rows")), int(_dicom_number(p, ds, "Columns"))
     n_frames = int(_dicom_number(p, ds, "NumberOfFrames", 1) or 1)
@@ -455,6 +456,24 @@ def _load_dicom(
     if arr.ndim == 3:  # colour: pydicom already converted YBR to RGB
         return _array_to_rgb(arr, p)
     return Image.fromarray(_dicom_gray_to_uint8(p, arr, ds, index, photometric, window), "L")
+
+
+def _ensure_transfer_syntax(ds: Any) -> None:
+    """Old ACR-NEMA style files have no file meta: record the encoding pydicom read the body with, which is
+    how their pixels are stored (uncompressed), so that the decoder knows it too."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    if implicit in (True, None):
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian
 
 
 # The pixel module attributes pydicom needs to decode (PS3.3 C.7.6.3); checked up front so that a missing one is
