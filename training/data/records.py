@@ -262,6 +262,11 @@ def iter_jsonl_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dic
         fh = open(p, "rb")
     except OSError as exc:
         raise MedVQAUserError(p, f"cannot read ({exc.strerror or exc})") from None
+    # the checks above run at the call, not at the first record: a missing file is an error even with limit 0
+    return _numbered_objects(fh, p)
+
+
+def _numbered_objects(fh: Any, p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with fh:
         for lineno, raw in enumerate(_physical_lines(fh, p), 1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as Windows editors write it
