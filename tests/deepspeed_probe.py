@@ -1,13 +1,20 @@
-"""Run the tiny ``lora`` stage under ``accelerate launch`` and write, per rank, its last loss and a weight digest.
+"""Run a tiny training stage (under ``accelerate launch`` or alone) and write, per rank, its losses and weights.
 
-Launched by tests/test_deepspeed.py as a real multi-process DeepSpeed ZeRO-2 run; not a test module itself.
+Launched by tests/test_deepspeed.py and tests/test_multinode.py as a real multi-process DeepSpeed run (ZeRO-2 or
+ZeRO-3, one or two "machines"), and run as a plain single process for the reference; not a test module itself.
+
+    python deepspeed_probe.py RECIPE DATA OUT [--stage lora] [--batch 4] [--steps 4] [--save-steps N]
+        [--resume] [--merge]
+
+Each rank writes ``OUT/rank<R>.json`` (losses, world size, a digest of its trainable weights) and
+``OUT/rank<R>.safetensors`` (the trainable weights, gathered whole under ZeRO-3).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -15,40 +22,67 @@ from transformers import TrainerCallback
 
 from training.train.pipeline import run_training
 from training.train.recipe import load_recipe
+from training.train.zero import gathered_parameters
 
 
 class WeightDigest(TrainerCallback):
-    """At the end of training, every rank writes its loss history and a digest of its trainable weights."""
+    """At the end of training, every rank writes its loss history and its trainable weights (whole)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        from safetensors.torch import save_file
+
+        trainable = [(n, p) for n, p in sorted(model.named_parameters()) if p.requires_grad]
+        with gathered_parameters([p for _, p in trainable]):  # a collective under ZeRO-3: every rank calls it
+            weights = {n: p.detach().float().cpu().clone().contiguous() for n, p in trainable}
         digest = hashlib.sha256()
-        total = 0.0
-        for name, param in sorted(model.named_parameters()):
-            if param.requires_grad:
-                data = param.detach().float().cpu().contiguous()
-                digest.update(name.encode() + data.numpy().tobytes())
-                total += float(data.abs().sum())
+        for name, data in weights.items():
+            digest.update(name.encode() + data.numpy().tobytes())
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         losses = [h["loss"] for h in state.log_history if "loss" in h]
-        payload = {"rank": rank, "losses": losses, "digest": digest.hexdigest(), "abs_sum": total}
-        payload["world_size"] = (
-            torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        )
+        payload = {
+            "rank": rank,
+            "losses": losses,
+            "digest": digest.hexdigest(),
+            "abs_sum": float(sum(w.abs().sum() for w in weights.values())),
+            "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+            "global_step": state.global_step,
+            # Elements this rank stores of every parameter (ZeRO-3: its partitions; else the whole tensors).
+            "stored_elements": sum(int(getattr(p, "ds_tensor", p).numel()) for p in model.parameters()),
+        }
+        save_file(weights, str(self.out / f"rank{rank}.safetensors"))
         (self.out / f"rank{rank}.json").write_text(json.dumps(payload))
 
 
 def main() -> None:
-    recipe_path, data, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    recipe = load_recipe(recipe_path)
-    recipe.output_dir = str(out / "run")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("recipe")
+    parser.add_argument("data")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--stage", default="lora")
+    parser.add_argument("--batch", type=int, default=4, help="per-device batch")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--save-steps", type=int, default=1000)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--merge", action="store_true", help="run the stage as the last one (merged model)")
+    args = parser.parse_args()
+
+    recipe = load_recipe(args.recipe)
+    recipe.output_dir = str(args.out / "run")
     recipe.training.report_to = []
-    recipe.training.per_device_train_batch_size = 4
+    recipe.training.per_device_train_batch_size = args.batch
+    recipe.training.gradient_accumulation_steps = 1
     recipe.training.logging_steps = 1
-    recipe.stage("lora").max_steps = 4
-    run_training(recipe, ["lora"], train_jsonl=data, callbacks=[WeightDigest(out)])
+    recipe.training.save_steps = args.save_steps
+    recipe.stage(args.stage).max_steps = args.steps
+    stages = ["lora", "joint"] if args.stage == "joint" else [args.stage]
+    if args.stage == "joint":
+        recipe.stage("lora").max_steps = args.steps
+    run_training(
+        recipe, stages, resume=args.resume, train_jsonl=args.data, callbacks=[WeightDigest(args.out)]
+    )
 
 
 if __name__ == "__main__":

@@ -62,11 +62,10 @@ def bases(recipe: Recipe) -> tuple[str, str]:
 
 def initial_checkpoint(recipe: Recipe) -> tuple[Path, str]:
     """Assemble (once, on the main process) the starting checkpoint; returns it and the open_clip id."""
-    from accelerate import PartialState
-
     from training.init_checkpoint import assemble_checkpoint
+    from training.train.zero import distributed_state
 
-    state = PartialState()
+    state = distributed_state()
     out = Path(recipe.output_dir)
     with state.main_process_first():
         vision, text = bases(recipe)
@@ -95,13 +94,13 @@ def run_training(
 ) -> dict[str, StageResult]:
     """Run the given stages (default: every enabled stage) in order; returns each stage's result."""
     import yaml
-    from accelerate import PartialState
 
     from training.train.clip_stage import run_clip_stage
     from training.train.sft_stages import run_sft_stage
+    from training.train.zero import distributed_state
 
     stages = stages or [s for s in STAGES if recipe.stage(s).enabled]
-    state = PartialState()
+    state = distributed_state()
     records, records_base = read_train_records(train_jsonl or recipe.data.train)  # before anything is written
     # The main process checks and marks the folder first; the other ranks then find it marked by `train`.
     with state.main_process_first():

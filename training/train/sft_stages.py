@@ -23,6 +23,13 @@ from training.train.checkpoints import (
 )
 from training.train.lora import build_lora_config
 from training.train.recipe import Recipe
+from training.train.zero import (
+    Zero3AdapterSaveMixin,
+    deepspeed_launch,
+    gathered_parameters,
+    is_adapter_parameter,
+    whole_weights_loading,
+)
 
 PROJECTOR = "multi_modal_projector"
 VISION = "vision_tower"
@@ -69,8 +76,10 @@ def train_stage(trainer, stage: str, output_dir: Path, resume: bool) -> StageRes
 def _sft_trainer_class():
     from trl import SFTTrainer
 
-    class MedVQASFTTrainer(CompleteCheckpointMixin, ModuleLearningRatesMixin, SFTTrainer):
-        """SFTTrainer with whole-or-nothing checkpoints and per-module learning rates."""
+    class MedVQASFTTrainer(
+        Zero3AdapterSaveMixin, CompleteCheckpointMixin, ModuleLearningRatesMixin, SFTTrainer
+    ):
+        """SFTTrainer with whole-or-nothing checkpoints, per-module learning rates and ZeRO-3 adapter saves."""
 
     return MedVQASFTTrainer
 
@@ -83,6 +92,10 @@ def training_arguments(recipe: Recipe, stage: str, output_dir: Path, **overrides
     t = recipe.training
     s = recipe.stage(stage)
     on_gpu = torch.cuda.is_available()
+    # Under `accelerate launch --use_deepspeed` on a machine without GPUs (the CPU tests), use_cpu must stay off:
+    # accelerate only hands the model to DeepSpeed's engine (its CPU accelerator, over gloo; see
+    # training.train.zero.distributed_state) when use_cpu is False, and would silently fall back to plain DDP.
+    on_deepspeed_cpu = deepspeed_launch() and not on_gpu
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         seed=recipe.seed,
@@ -109,7 +122,8 @@ def training_arguments(recipe: Recipe, stage: str, output_dir: Path, **overrides
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
         max_length=recipe.data.max_length,
-        use_cpu=not on_gpu,
+        use_cpu=not on_gpu and not on_deepspeed_cpu,
+        ddp_backend="gloo" if on_deepspeed_cpu else None,
     )
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
@@ -145,7 +159,10 @@ def build_peft_model(model, recipe: Recipe, stage: str, lora_adapter: Path | Non
         if missing:
             raise ValueError(f"the lora adapter lacks weights the joint stage needs: {missing[:5]}")
         state.update(loaded)
-        result = set_peft_model_state_dict(peft_model, state)
+        # Under ZeRO-3 the projector copy may be partitioned: gather it, every rank loads the same file.
+        adapter = [p for n, p in peft_model.named_parameters() if is_adapter_parameter(n)]
+        with gathered_parameters(adapter, modifier_rank=0):
+            result = set_peft_model_state_dict(peft_model, state)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"the lora adapter does not fit the joint model: {unexpected[:5]}")
@@ -185,8 +202,13 @@ def run_sft_stage(
     from training.train.sft_data import MedVQACollator, build_sft_dataset
 
     output_dir = Path(recipe.output_dir) / stage
-    set_seed(recipe.seed)  # before building the model: LoRA's initialisation draws from it
+    # The training arguments first: under ZeRO-3 they make from_pretrained build the model already partitioned
+    # (deepspeed.zero.Init), so no process ever holds the whole base (Llama-3-70B: 141 GB in bf16).
+    args = training_arguments(recipe, stage, output_dir)
     model, processor = load_base(base_dir, recipe)
+    # After loading, before LoRA: its initialisation draws from the seed, and how much randomness loading consumes
+    # differs with and without zero.Init.
+    set_seed(recipe.seed)
     peft_model = build_peft_model(model, recipe, stage, lora_adapter)
     s = recipe.stage(stage)
     rates = {PROJECTOR: s.projector_learning_rate or s.learning_rate}
@@ -195,7 +217,7 @@ def run_sft_stage(
 
     trainer = _sft_trainer_class()(
         model=peft_model,
-        args=training_arguments(recipe, stage, output_dir),
+        args=args,
         train_dataset=build_sft_dataset(train_records, records_base),
         processing_class=processor,
         data_collator=MedVQACollator(processor=processor, max_length=recipe.data.max_length),
@@ -214,9 +236,23 @@ def run_sft_stage(
     if merge:
         result.merged_dir = output_dir / "merged"
         if trainer.accelerator.is_main_process:
-            merge_adapter(trainer.accelerator.unwrap_model(trainer.model), processor, result.merged_dir)
+            merge_saved_adapter(base_dir, result.adapter_dir, recipe, result.merged_dir)
         trainer.accelerator.wait_for_everyone()
     return result
+
+
+def merge_saved_adapter(base_dir: Path, adapter_dir: Path, recipe: Recipe, out_dir: Path) -> Path:
+    """Merge the saved adapter into a whole copy of the base and save a full model folder (one process).
+
+    The adapter on disk was gathered whole when it was saved, and the base is read whole from its checkpoint
+    (outside ZeRO-3's partitioning), so this works alike after a single-GPU, ZeRO-2 or ZeRO-3 run.
+    """
+    from peft import PeftModel
+
+    with whole_weights_loading():
+        model, processor = load_base(base_dir, recipe)
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return merge_adapter(peft_model, processor, out_dir)
 
 
 def merge_adapter(peft_model, processor, out_dir: Path) -> Path:
