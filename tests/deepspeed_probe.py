@@ -4,7 +4,7 @@ Launched by tests/test_deepspeed.py and tests/test_multinode.py as a real multi-
 ZeRO-3, one or two "machines"), and run as a plain single process for the reference; not a test module itself.
 
     python deepspeed_probe.py RECIPE DATA OUT [--stage lora] [--batch 4] [--steps 4] [--save-steps N]
-        [--resume] [--merge]
+        [--resume]
 
 Each rank writes ``OUT/rank<R>.json`` (losses, world size, a digest of its trainable weights) and
 ``OUT/rank<R>.safetensors`` (the trainable weights, gathered whole under ZeRO-3).
@@ -66,7 +66,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--save-steps", type=int, default=1000)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--merge", action="store_true", help="run the stage as the last one (merged model)")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe)
@@ -76,10 +75,11 @@ def main() -> None:
     recipe.training.gradient_accumulation_steps = 1
     recipe.training.logging_steps = 1
     recipe.training.save_steps = args.save_steps
-    recipe.stage(args.stage).max_steps = args.steps
-    stages = ["lora", "joint"] if args.stage == "joint" else [args.stage]
-    if args.stage == "joint":
-        recipe.stage("lora").max_steps = args.steps
+    # "joint" runs lora first (its adapter starts the joint stage); "all" runs clip -> lora -> joint.
+    stages = {"joint": ["lora", "joint"], "all": ["clip", "lora", "joint"]}.get(args.stage, [args.stage])
+    for stage in stages:
+        recipe.stage(stage).max_steps = args.steps
+        recipe.stage(stage).per_device_train_batch_size = args.batch
     run_training(
         recipe, stages, resume=args.resume, train_jsonl=args.data, callbacks=[WeightDigest(args.out)]
     )

@@ -24,6 +24,7 @@ from training.train.checkpoints import (
 )
 from training.train.recipe import Recipe
 from training.train.sft_stages import StageResult, train_stage
+from training.train.zero import gathered_parameters, whole_weights_loading
 
 
 class OpenClipContrastive(nn.Module):
@@ -34,6 +35,11 @@ class OpenClipContrastive(nn.Module):
         import open_clip
 
         self.clip = clip_model
+        # DeepSpeed's "auto" bucket sizes are filled from `model.config.hidden_size` by transformers; an open_clip
+        # model has no config, so name the vision tower's width (the larger tower of BiomedCLIP and the tiny one).
+        from transformers import PretrainedConfig
+
+        self.config = PretrainedConfig(hidden_size=_vision_width(clip_model))
         # Across ranks, gather features (with gradients) so every rank contrasts against the global batch.
         self.loss_fn = open_clip.ClipLoss(gather_with_grad=world_size > 1, rank=rank, world_size=world_size)
 
@@ -42,6 +48,11 @@ class OpenClipContrastive(nn.Module):
         text_features = self.clip.encode_text(text, normalize=True)
         loss = self.loss_fn(image_features, text_features, self.clip.logit_scale.exp())
         return {"loss": loss}
+
+
+def _vision_width(clip_model: nn.Module) -> int:
+    trunk = getattr(clip_model.visual, "trunk", None)
+    return int(getattr(trunk, "embed_dim", 0) or getattr(clip_model.visual, "output_dim", 512))
 
 
 def image_caption_pairs(
@@ -147,14 +158,18 @@ def run_clip_stage(
         trainer.module_learning_rates = {"clip.visual.": stage.vision_learning_rate}
     result = train_stage(trainer, "clip", output_dir, resume)
     result.model_dir = output_dir / "model"
-    if state.is_main_process:
-        from training.init_checkpoint import copy_trunk_into_tower
+    tuned = trainer.accelerator.unwrap_model(trainer.model).clip
+    # Under ZeRO-3 each rank holds a slice of every weight: gather the (small) CLIP model whole on every rank
+    # (a collective), then the main process writes it; the MedVQA base is read whole, outside ZeRO-3's zero.Init.
+    with gathered_parameters(list(tuned.parameters())):
+        if state.is_main_process:
+            from training.init_checkpoint import copy_trunk_into_tower
 
-        tuned = trainer.accelerator.unwrap_model(trainer.model).clip
-        save_open_clip(tuned, vision_id, output_dir / "open_clip")
-        model = MedVQAForConditionalGeneration.from_pretrained(base_dir)
-        copy_trunk_into_tower(tuned.visual.trunk.state_dict(), model.model.vision_tower)
-        model.save_pretrained(result.model_dir)
-        MedVQAProcessor.from_pretrained(base_dir).save_pretrained(result.model_dir)
+            save_open_clip(tuned, vision_id, output_dir / "open_clip")
+            with whole_weights_loading():
+                model = MedVQAForConditionalGeneration.from_pretrained(base_dir)
+            copy_trunk_into_tower(tuned.visual.trunk.state_dict(), model.model.vision_tower)
+            model.save_pretrained(result.model_dir)
+            MedVQAProcessor.from_pretrained(base_dir).save_pretrained(result.model_dir)
     state.wait_for_everyone()
     return result
