@@ -4,7 +4,7 @@ Launched by tests/test_deepspeed.py and tests/test_multinode.py as a real multi-
 ZeRO-3, one or two "machines"), and run as a plain single process for the reference; not a test module itself.
 
     python deepspeed_probe.py RECIPE DATA OUT [--stage lora] [--batch 4] [--steps 4] [--save-steps N]
-        [--resume]
+        [--resume] [--last-only]
 
 Each rank writes ``OUT/rank<R>.json`` (losses, world size, a digest of its trainable weights) and
 ``OUT/rank<R>.safetensors`` (the trainable weights, gathered whole under ZeRO-3).
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--save-steps", type=int, default=1000)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--last-only", action="store_true", help="run only the last stage of --stage")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe)
@@ -80,6 +81,8 @@ def main() -> None:
     for stage in stages:
         recipe.stage(stage).max_steps = args.steps
         recipe.stage(stage).per_device_train_batch_size = args.batch
+    if args.last_only:
+        stages = stages[-1:]
     run_training(
         recipe, stages, resume=args.resume, train_jsonl=args.data, callbacks=[WeightDigest(args.out)]
     )

@@ -81,7 +81,8 @@ def test_zero3_three_stages_train_vision_blocks_and_resume_to_the_same_weights(t
     assert built == set(range(len(built))) and trained == set(range(len(built) - n, len(built)))
     assert (joint / "merged" / "model.safetensors").is_file()
 
-    # Resume: drop the last checkpoint and the outputs, relaunch with --resume from checkpoint-1 (ZeRO-3 shards).
+    # Resume the joint stage (`medvqa train --stage joint --resume`): drop its last checkpoint and outputs, relaunch;
+    # it continues from checkpoint-1 (ZeRO-3 shards) and must end with the uninterrupted run's weights.
     assert (joint / "checkpoint-1" / "medvqa_complete.json").is_file()
     shutil.rmtree(joint / "checkpoint-2")
     for name in ("adapter", "merged"):
@@ -89,7 +90,18 @@ def test_zero3_three_stages_train_vision_blocks_and_resume_to_the_same_weights(t
     for r in (0, 1):
         (out / f"rank{r}.safetensors").unlink()
     resumed = _launch(
-        data, out, "--stage", "all", "--steps", "2", "--save-steps", "1", "--batch", "2", "--resume"
+        data,
+        out,
+        "--stage",
+        "all",
+        "--steps",
+        "2",
+        "--save-steps",
+        "1",
+        "--batch",
+        "2",
+        "--resume",
+        "--last-only",
     )
     assert resumed[0]["digest"] == resumed[1]["digest"] and resumed[0]["global_step"] == 2
     again = load_file(str(out / "rank0.safetensors"))

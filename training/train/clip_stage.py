@@ -35,6 +35,10 @@ class OpenClipContrastive(nn.Module):
         import open_clip
 
         self.clip = clip_model
+        # DeepSpeed moves parameters through byte views (broadcast, ZeRO partitions), which a 0-dim tensor does not
+        # allow: open_clip's scalar logit_scale trains as a 1-element parameter (save_open_clip restores the scalar).
+        if clip_model.logit_scale.dim() == 0:
+            clip_model.logit_scale = nn.Parameter(clip_model.logit_scale.detach().reshape(1))
         # DeepSpeed's "auto" bucket sizes are filled from `model.config.hidden_size` by transformers; an open_clip
         # model has no config, so name the vision tower's width (the larger tower of BiomedCLIP and the tiny one).
         from transformers import PretrainedConfig
@@ -93,8 +97,12 @@ def save_open_clip(clip_model: nn.Module, source_id: str, out_dir: Path) -> str:
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    state = clip_model.state_dict()
+    state["logit_scale"] = state["logit_scale"].reshape(
+        ()
+    )  # open_clip's layout: a scalar (see OpenClipContrastive)
     save_file(
-        {k: v.contiguous() for k, v in clip_model.state_dict().items()},
+        {k: v.contiguous() for k, v in state.items()},
         out_dir / "open_clip_model.safetensors",
     )
     save_config_for_hf(
