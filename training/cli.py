@@ -90,16 +90,24 @@ class _HeldWarnings(logging.Handler):
     line is then the only thing on stderr (a Pillow DecompressionBombWarning about the same image, or
     bitsandbytes' notice about an optional CPU kernel, would otherwise come first)."""
 
+    LIMIT = 200  # a long-running command (`medvqa app`, a training run) must not hold warnings without bound
+
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.records: list[logging.LogRecord] = []
+        self.dropped = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if len(self.records) < self.LIMIT:
+            self.records.append(record)
+        else:
+            self.dropped += 1
 
     def replay(self) -> None:
         for record in self.records:
             print(self.format(record), file=sys.stderr)
+        if self.dropped:
+            print(f"({self.dropped} more warnings not shown)", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,9 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The safety net behind the checks at the source: a file-system refusal on a named path (a folder where a
         # file was expected, a symlink loop, no permission, a full disk) is about the user's files, not our code.
         if exc.filename is None or exc.errno not in _USER_OS_ERRNOS:
+            held.replay()
             raise
         print(f"medvqa {name}: error: {exc.filename}: {exc.strerror}".replace("\n", " "), file=sys.stderr)
         return 2
+    except BaseException:
+        held.replay()  # a bug (or Ctrl-C): what the libraries warned about may help; the traceback follows
+        raise
     finally:
         logging.captureWarnings(False)
         root.removeHandler(held)
