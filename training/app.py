@@ -30,6 +30,7 @@ from typing import Any
 
 from training.cli_types import port, positive_int
 from training.errors import MedVQAUserError
+from training.quantization import add_quantize_argument
 
 # Gradio reads this when it is imported: no usage reports leave the machine.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="questions answered at the same time (the rest wait)",
     )
+    add_quantize_argument(parser)
     parser.add_argument(
         "--queue-size", type=positive_int, default=32, help="waiting requests before new ones are refused"
     )
@@ -308,13 +310,14 @@ def serve(
     concurrency: int = 1,
     queue_size: int = 32,
     block: bool = True,
+    quantize: str | None = None,
 ):
     """Load ``model`` and serve the app (the body of ``medvqa app`` and of the Space's ``app.py``)."""
     from training.app_backend import AppBackend
     from training.ask import load_model
 
     started = time.perf_counter()
-    model_obj, processor = load_model(model)
+    model_obj, processor = load_model(model, quantize=quantize)
     loaded_at = time.perf_counter()
     backend = AppBackend(model_obj, processor, max_new_tokens=max_new_tokens)
     examples = sample_examples()
@@ -351,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrency,
         queue_size=args.queue_size,
+        quantize=args.quantize,
     )
     return 0
 

@@ -4,9 +4,11 @@ Kept free of Gradio so that it can be tested and reused on its own.  Loading goe
 (:func:`training.images.load_medical_image`), answering through :mod:`training.ask` (the same prompt, the same
 greedy decoding as ``medvqa ask``), so the app cannot drift from the command line.
 
-The image is encoded once: features are kept in a small LRU cache keyed by the SHA-256 of the pixel tensor the
-model receives, so every question about the same picture (from the page or from the ``/answer`` API, from any
-user) reuses them, while a new slice or window (a new picture) is encoded anew.
+The image is encoded and its prompt prefix (through the image tokens) prefilled once: the prefilled KV caches
+(:class:`training.shared_prefix.ImagePrefix`) are kept in a small LRU cache keyed by the SHA-256 of the pixel tensor
+the model receives, so every question about the same picture (from the page or from the ``/answer`` API, from any
+user) extends a copy of it and prefills only its own words, while a new slice or window (a new picture) is encoded
+anew.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from training.ask import encode_image, stream_answer
+from training.ask import stream_answer
 from training.errors import MedVQAUserError
 from training.images import ImageLoadError, MedicalImageInfo, load_medical_image, medical_image_info
 
@@ -58,7 +60,8 @@ class AppBackend:
     Args:
         model, processor: from :func:`training.ask.load_model`.
         max_new_tokens: longest answer.
-        cache_size: how many encoded images to keep (each costs ``image_seq_length x hidden_size`` floats).
+        cache_size: how many prefilled images to keep (each a KV cache of layers x 2 x KV width x prefix tokens;
+            about 26 MiB on the paper's model in bf16).
     """
 
     def __init__(self, model, processor, *, max_new_tokens: int = 64, cache_size: int = 16) -> None:
@@ -66,8 +69,10 @@ class AppBackend:
         self.processor = processor
         self.max_new_tokens = max_new_tokens
         self.cache_size = cache_size
-        self.encodings = 0  # how many times the vision tower ran; tests and the benchmark read it
-        self._features: OrderedDict[str, Any] = OrderedDict()
+        self.encodings = (
+            0  # how many times an image was encoded and prefilled; tests and the benchmark read it
+        )
+        self._prefixes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()  # the queue runs several events at once, each in its own thread
 
     # ----------------------------------------------------------------------------------------- images ----
@@ -119,21 +124,25 @@ class AppBackend:
         rgb = (pixels * std + mean) / (ip.rescale_factor if ip.do_rescale else 1.0)
         return Image.fromarray(np.clip(rgb.round(), 0, 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
 
-    def features(self, image: Image.Image):
-        """The image's encoded features, from the cache when the same pixels were encoded before."""
+    def prefix(self, image: Image.Image):
+        """The image's prefilled prompt prefix, from the cache when the same pixels were seen before."""
+        from training.shared_prefix import prefill_image_prefix
+
         pixels = self.pixel_values(image)
         key = hashlib.sha256(pixels.numpy().tobytes()).hexdigest()
         with self._lock:
-            if key in self._features:
-                self._features.move_to_end(key)
-                return self._features[key]
-        features = encode_image(self.model, pixels)  # outside the lock: other users keep answering
+            if key in self._prefixes:
+                self._prefixes.move_to_end(key)
+                return self._prefixes[key]
+        prefix = prefill_image_prefix(
+            self.model, self.processor, image
+        )  # outside the lock: others keep answering
         with self._lock:
             self.encodings += 1
-            self._features[key] = features
-            while len(self._features) > self.cache_size:
-                self._features.popitem(last=False)
-        return features
+            self._prefixes[key] = prefix
+            while len(self._prefixes) > self.cache_size:
+                self._prefixes.popitem(last=False)
+        return prefix
 
     # ---------------------------------------------------------------------------------------- answers ----
 
@@ -150,7 +159,7 @@ class AppBackend:
             self.processor,
             image,
             question.strip(),
-            features=self.features(image),
+            prefix=self.prefix(image),
             max_new_tokens=self.max_new_tokens,
         )
 

@@ -1,8 +1,8 @@
 """``medvqa ask``: answer one or more questions about one image (PNG/JPEG/TIFF/DICOM/NIfTI).
 
-The image is loaded once (DICOM/NIfTI windowing through :func:`training.images.load_medical_image`) and encoded
-once: its features go to ``generate`` as transformers' ``mm_encoder_outputs``, shared by all the questions, which
-are decoded together in one left-padded batch.
+The image is loaded once (DICOM/NIfTI windowing through :func:`training.images.load_medical_image`), encoded once,
+and its prompt prefix (up to and including the image tokens) is prefilled through the language model once; the
+questions extend copies of that KV cache and are decoded together (:mod:`training.shared_prefix`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from training.cli_types import nonneg_int, positive_int
 from training.errors import MedVQAUserError
-from training.prompts import user_messages
+from training.quantization import add_quantize_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slice", dest="slice_index", type=nonneg_int, default=None, help="NIfTI slice (default: middle)"
     )
+    add_quantize_argument(parser)
 
 
-def load_model(model: str | Path):
+def load_model(model: str | Path, quantize: str | None = None):
     """Model + processor through the Auto classes, as a user would load a pushed checkpoint."""
     from training.evaluation.evaluate import load_model as load_for_inference
 
@@ -44,59 +45,22 @@ def load_model(model: str | Path):
     if looks_local and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise MedVQAUserError(model, "not a model folder (no config.json or adapter_config.json)")
     # a local folder is checked (config, safetensors weights) inside; a Hub id that cannot be reached is a user error
-    return load_for_inference(model)
-
-
-def model_inputs(processor, image: Any, questions: list[str]):
-    """The processor's batch for several questions about one image (placeholders expanded, left padding).
-
-    Its ``pixel_values`` are k copies of one image; :func:`encode_image` encodes only the first.
-    """
-    if not questions or any(not q.strip() for q in questions):
-        raise MedVQAUserError("--question", "empty question")
-    prompts = [processor.apply_chat_template(user_messages(q), add_generation_prompt=True) for q in questions]
-    return processor(images=[image] * len(prompts), text=prompts, return_tensors="pt", padding=True)
-
-
-def encode_image(model, pixel_values):
-    """The image features of the first image in ``pixel_values``, for ``generate(mm_encoder_outputs=...)``.
-
-    Encode once, then pass the result to :func:`answer_questions` / :func:`stream_answer` for every question
-    about the same image.
-    """
-    import torch
-
-    with torch.no_grad():
-        return model.get_image_features(pixel_values[:1].to(model.device))
-
-
-def _shared(features, k: int):
-    """``features`` for a batch of k prompts without copying (expand) and without touching the original."""
-    return type(features)(
-        last_hidden_state=features.last_hidden_state,
-        pooler_output=features.pooler_output.expand(k, -1, -1),
-    )
+    return load_for_inference(model, quantize=quantize)
 
 
 def answer_questions(
-    model, processor, image: Any, questions: list[str], *, max_new_tokens: int = 32, features=None
+    model, processor, image: Any, questions: list[str], *, max_new_tokens: int = 32
 ) -> list[str]:
-    """Answers to several questions about one image, encoding the image once (or not at all: ``features``)."""
-    import torch
+    """Greedy answers to several questions about one image: one image encoding, one prefix prefill."""
+    from training.evaluation.prompting import render
+    from training.shared_prefix import generate_with_shared_prefix
 
-    batch = model_inputs(processor, image, questions)
-    if features is None:
-        features = encode_image(model, batch["pixel_values"])
-    with torch.no_grad():
-        output = model.generate(
-            input_ids=batch["input_ids"].to(model.device),
-            attention_mask=batch["attention_mask"].to(model.device),
-            mm_encoder_outputs={"image": _shared(features, len(questions))},
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-        )
-    answers = processor.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [a.strip() for a in answers]
+    if not questions or any(not q.strip() for q in questions):
+        raise MedVQAUserError("--question", "empty question")
+    prompts = [render(processor, q) for q in questions]
+    return generate_with_shared_prefix(
+        model, processor, [image], prompts, [0] * len(questions), max_new_tokens=max_new_tokens
+    )
 
 
 def stream_answer(
@@ -105,13 +69,15 @@ def stream_answer(
     image: Any,
     question: str,
     *,
-    features=None,
+    prefix=None,
     max_new_tokens: int = 32,
     timeout: float | None = 600.0,
 ) -> Iterator[str]:
     """The answer to one question, yielded as it grows (the text so far after each decoded word piece).
 
-    Greedy like :func:`answer_questions`, so the last value equals its answer.  ``generate`` runs in a thread
+    Greedy like :func:`answer_questions`, so the last value equals its answer.  ``prefix``: the image's prefilled
+    prompt prefix (:func:`training.shared_prefix.prefill_image_prefix`), kept by the caller across the questions of
+    a conversation so that only the question is prefilled; made here when not given.  ``generate`` runs in a thread
     and hands tokens to transformers' ``TextIteratorStreamer``; an error in ``generate`` is raised here.
     ``timeout`` bounds the wait for one token.
     """
@@ -120,9 +86,12 @@ def stream_answer(
     import torch
     from transformers import TextIteratorStreamer
 
-    batch = model_inputs(processor, image, [question])
-    if features is None:
-        features = encode_image(model, batch["pixel_values"])
+    from training.evaluation.prompting import render
+    from training.shared_prefix import extend_prefix_inputs, prefill_image_prefix
+
+    if prefix is None:
+        prefix = prefill_image_prefix(model, processor, image)
+    inputs = extend_prefix_inputs(prefix, processor, image, render(processor, question))
     streamer = TextIteratorStreamer(
         processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout
     )
@@ -132,9 +101,7 @@ def stream_answer(
         try:
             with torch.no_grad():
                 model.generate(
-                    input_ids=batch["input_ids"].to(model.device),
-                    attention_mask=batch["attention_mask"].to(model.device),
-                    mm_encoder_outputs={"image": _shared(features, 1)},
+                    **inputs,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     streamer=streamer,
@@ -164,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     image = load_medical_image(
         args.image, frame=args.frame, axis=args.axis, slice_index=args.slice_index, keep_gray=True
     )
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, quantize=args.quantize)
     for question, answer in zip(
         args.question,
         answer_questions(model, processor, image, args.question, max_new_tokens=args.max_new_tokens),

@@ -70,6 +70,10 @@ class BlindImages:
             return Image.new("RGB", (BLANK_SIZE, BLANK_SIZE))
         return self.loader(self.replacement[str(self.loader.path(record))])
 
+    def group_key(self, record: Mapping[str, Any]) -> str:
+        """Records with equal keys see the same image (eval shares one image prefix among their questions)."""
+        return "blank" if self.method == "blank" else str(self.loader.path(record))
+
     def describe(self, record: Mapping[str, Any]) -> str:
         """What the model saw instead of the record's image (written into the blind predictions)."""
         if self.method == "blank":

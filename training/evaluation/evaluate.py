@@ -26,6 +26,7 @@ from training.evaluation.records_io import read_jsonl, read_jsonl_lines, write_j
 from training.evaluation.vlm_loading import DTYPES, check_model_source, describe_model, load_vlm
 from training.output_dir import prepare_output_dir
 from training.prompts import user_messages  # noqa: F401  (tests build reference prompts from it)
+from training.quantization import add_quantize_argument
 
 DATA_FIELDS = ("question", "answer", "image")
 
@@ -82,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from training.evaluation.baselines import add_baseline_arguments
 
     add_baseline_arguments(parser)
+    add_quantize_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         adapter=args.adapter,
+        quantize=args.quantize,
     )
     print_summary(result.report, args.out)
     return 0
@@ -132,6 +135,7 @@ def evaluate(
     trust_remote_code: bool = False,
     adapter: str | None = None,
     baseline: Mapping[str, Any] | None = None,
+    quantize: str | None = None,
 ):
     """Evaluate ``model_dir`` (a folder or Hub id) on the records of ``data`` and write every output into ``out_dir``.
 
@@ -187,6 +191,7 @@ def evaluate(
         revision=revision,
         trust_remote_code=trust_remote_code,
         prepare_processor=prepare,
+        quantize=quantize,
     )
     loader.keep_gray = accepts_gray(processor)
     start = time.perf_counter()
@@ -200,6 +205,7 @@ def evaluate(
         "seconds": round(seconds, 3),
         "max_new_tokens": max_new_tokens,
         "device": str(model.device),
+        "quantize": quantize,
     }
     predictions = [{**record, "prediction": answer} for record, answer in zip(records, answers)]
     if mc_prefix:
@@ -284,13 +290,22 @@ def resolve_device(device: str | None) -> str:
 
 
 def load_model(
-    model_dir: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False
+    model_dir: str | Path,
+    device: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    quantize: str | None = None,
 ):
     """The model (eval mode, on ``device``) and its processor, through ``vlm_loading.load_vlm`` (safetensors
-    weights only; a local folder is checked first, an unreachable Hub id is a user error)."""
+    weights only; a local folder is checked first, an unreachable Hub id is a user error).
+
+    The one inference loader (``eval``, ``ask``, ``app``); ``quantize`` (``"4bit"`` / ``"8bit"``) loads the language
+    model's decoder layers through bitsandbytes (:mod:`training.quantization`)."""
     device = resolve_device(device)
     check_model_source(model_dir, trust_remote_code=trust_remote_code)
-    return load_vlm(model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return load_vlm(
+        model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code, quantize=quantize
+    )
 
 
 def accepts_gray(processor) -> bool:
@@ -319,6 +334,10 @@ class ImageLoader:
     def path(self, record: Mapping[str, Any]) -> Path:
         """The record's image path, relative paths taken from the JSONL's folder."""
         return resolve_image(record, self.jsonl_path)
+
+    def group_key(self, record: Mapping[str, Any]) -> str:
+        """Records with equal keys share one image (eval shares one image prefix among their questions)."""
+        return str(self.path(record))
 
     def check_exist(self, lines: Sequence[tuple[int, Mapping[str, Any]]], source: str | Path) -> None:
         """Raise a user error naming ``source:line`` of the first record whose image file does not exist."""
@@ -356,8 +375,39 @@ def generate_answers(
     max_new_tokens: int,
     prompt: str = "open",
 ) -> list[str]:
-    """Greedy answers for ``records`` asked in ``prompt`` mode, ``batch_size`` at a time (padded on the left)."""
+    """Greedy answers for ``records`` asked in ``prompt`` mode, ``batch_size`` questions per ``generate`` call.
+
+    ``loader(record)`` gives a record's image and ``loader.group_key(record)`` says which records share one
+    (:class:`ImageLoader`, or the image-blind loader of ``--ablate-image``).
+
+    MedVQA models: questions are grouped by image (OmniMedVQA asks several per image) so that a batch holds as few
+    distinct images as possible, and each distinct image's prompt prefix is prefilled once and shared by its
+    questions (:mod:`training.shared_prefix`).  Other families: one left-padded batch per call.  Answers come back
+    in the records' order.
+    """
     import torch
+
+    from training.shared_prefix import generate_with_shared_prefix, supports_shared_prefix
+
+    if supports_shared_prefix(model):
+        keys = [loader.group_key(r) for r in records]
+        first_seen = {key: i for i, key in reversed(list(enumerate(keys)))}
+        order = sorted(range(len(records)), key=lambda i: (first_seen[keys[i]], i))
+        shared: list[str] = [""] * len(records)
+        for batch in _batches(order, batch_size):
+            distinct = list(dict.fromkeys(keys[i] for i in batch))
+            images = [loader(records[next(i for i in batch if keys[i] == key)]) for key in distinct]
+            texts = generate_with_shared_prefix(
+                model,
+                processor,
+                images,
+                [prompting.render(processor, prompting.question_text(records[i], prompt)) for i in batch],
+                [distinct.index(keys[i]) for i in batch],
+                max_new_tokens=max_new_tokens,
+            )
+            for i, text in zip(batch, texts):
+                shared[i] = text
+        return shared
 
     answers: list[str] = []
     for batch in _batches(records, batch_size):

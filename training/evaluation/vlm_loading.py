@@ -60,13 +60,16 @@ def load_vlm(
     revision: str | None = None,
     trust_remote_code: bool = False,
     prepare_processor: Callable[[Any], None] | None = None,
+    quantize: str | None = None,
 ):
     """(model in eval mode on ``device``, processor) for a folder or Hub id, through the Auto classes.
 
     The processor loads first: ``prepare_processor(processor)`` (an adapter, checks of its chat template) runs
     before the weights load, so that what it refuses costs no model load.
 
-    ``dtype``: ``auto`` keeps the checkpoint's dtype. Weights load from safetensors only (``use_safetensors``):
+    ``dtype``: ``auto`` keeps the checkpoint's dtype. ``quantize`` (``"4bit"`` NF4 / ``"8bit"``): the language
+    model's decoder layers through bitsandbytes (:mod:`training.quantization`), the rest in ``dtype`` (``auto``:
+    bf16 on a GPU, fp32 on a CPU, also the 4-bit compute dtype). Weights load from safetensors only (``use_safetensors``):
     a checkpoint with only pickled weights is refused rather than unpickled. The tokenizer gets a pad token (its
     EOS) when it has none, because batched generation pads.
     """
@@ -88,6 +91,15 @@ def load_vlm(
     hf_logging.enable_propagation()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    model_kwargs: dict[str, Any] = {}
+    if quantize:
+        from training.quantization import quantization_config
+
+        if dtype == "auto":
+            dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+        model_kwargs["quantization_config"] = quantization_config(quantize, getattr(torch, dtype))
+        # bitsandbytes quantises while loading onto the device; a quantised model cannot be moved afterwards.
+        model_kwargs["device_map"] = {"": device}
     try:
         processor = AutoProcessor.from_pretrained(name, **kwargs)
         tokenizer = getattr(processor, "tokenizer", None)
@@ -96,14 +108,18 @@ def load_vlm(
         if prepare_processor is not None:
             prepare_processor(processor)
         net = AutoModelForImageTextToText.from_pretrained(
-            name, dtype="auto" if dtype == "auto" else getattr(torch, dtype), use_safetensors=True, **kwargs
+            name,
+            dtype="auto" if dtype == "auto" else getattr(torch, dtype),
+            use_safetensors=True,
+            **model_kwargs,
+            **kwargs,
         )
     except OSError as exc:  # transformers' "missing file" / unreachable Hub id; the first line says which
         raise MedVQAUserError(model, f"cannot load the model ({str(exc).splitlines()[0]})") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    return net.to(device).eval(), processor
+    return (net if quantize else net.to(device)).eval(), processor
 
 
 def _import_our_classes() -> None:
