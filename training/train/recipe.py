@@ -26,6 +26,9 @@ class ModelSettings:
     dtype: str = "bfloat16"
     vision_feature_layer: int = -2
     init_checkpoint: str | None = None  # an existing `medvqa init` folder to start from instead of the bases
+    quantize: str | None = (
+        None  # QLoRA: "4bit" (NF4) / "8bit" base language model in lora/joint (bitsandbytes)
+    )
 
 
 @dataclass
@@ -201,6 +204,12 @@ def _check_choices(section: str, values: dict[str, Any], where: str) -> None:
     """Values with a closed set of choices (dtype, optimizer, scheduler, attention, dropout, max_steps)."""
     if section == "model" and "dtype" in values and values["dtype"] not in DTYPES:
         raise MedVQAUserError(where, f"dtype: {values['dtype']!r} is not one of {', '.join(DTYPES)}")
+    if section == "model" and values.get("quantize") not in (
+        None,
+        "4bit",
+        "8bit",
+    ):  # quantization.QUANTIZE_CHOICES
+        raise MedVQAUserError(where, f"quantize: {values['quantize']!r} is not one of 4bit, 8bit (or null)")
     if section == "training":
         if "optim" in values or "lr_scheduler_type" in values:
             from transformers.trainer_utils import SchedulerType

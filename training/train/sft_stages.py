@@ -110,7 +110,9 @@ def training_arguments(recipe: Recipe, stage: str, output_dir: Path, **overrides
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,
-        bf16=t.bf16 and on_gpu,
+        # QLoRA: TRL keeps the trainable weights of a quantised model in bf16 (the QLoRA paper's advice) beside the
+        # fp32 parts prepare_model_for_kbit_training keeps, so bf16 autocast is needed on a CPU too.
+        bf16=t.bf16 and (on_gpu or bool(recipe.model.quantize)),
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         logging_steps=t.logging_steps,
@@ -129,8 +131,14 @@ def training_arguments(recipe: Recipe, stage: str, output_dir: Path, **overrides
     return SFTConfig(**kwargs)
 
 
-def load_base(model_dir: Path, recipe: Recipe):
-    """The MedVQA checkpoint a stage starts from, in the recipe's dtype, and its processor."""
+def load_base(model_dir: Path, recipe: Recipe, *, quantize: str | None = None):
+    """The MedVQA checkpoint a stage starts from, in the recipe's dtype, and its processor.
+
+    ``quantize`` (QLoRA, ``model.quantize`` of the recipe): the language model's decoder layers load in 4-bit NF4 /
+    8-bit through bitsandbytes (:mod:`training.quantization`, the settings inference uses), and peft's
+    ``prepare_model_for_kbit_training`` freezes the base, keeps the unquantised parts (vision tower, projector,
+    embeddings, norms, LM head) in fp32 for stable training and makes checkpointed inputs carry gradients.
+    """
     import torch
 
     from modeling_medvqa import MedVQAForConditionalGeneration, MedVQAProcessor
@@ -138,9 +146,26 @@ def load_base(model_dir: Path, recipe: Recipe):
     dtype = getattr(torch, recipe.model.dtype)
     if dtype == torch.bfloat16 and not torch.cuda.is_available():
         dtype = torch.float32  # bf16 matmuls on CPU are slow and lossy; the CPU path trains in fp32
+    kwargs: dict[str, Any] = {}
+    if quantize:
+        from accelerate import PartialState
+
+        from training.quantization import quantization_config
+
+        kwargs["quantization_config"] = quantization_config(quantize, dtype)
+        # bitsandbytes quantises while loading onto this process's device (each rank its own copy).
+        kwargs["device_map"] = {"": PartialState().device}
     model = MedVQAForConditionalGeneration.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation=recipe.training.attn_implementation
+        model_dir, dtype=dtype, attn_implementation=recipe.training.attn_implementation, **kwargs
     )
+    if quantize:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=recipe.training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     return model, MedVQAProcessor.from_pretrained(model_dir)
 
 
@@ -205,7 +230,7 @@ def run_sft_stage(
     # The training arguments first: under ZeRO-3 they make from_pretrained build the model already partitioned
     # (deepspeed.zero.Init), so no process ever holds the whole base (Llama-3-70B: 141 GB in bf16).
     args = training_arguments(recipe, stage, output_dir)
-    model, processor = load_base(base_dir, recipe)
+    model, processor = load_base(base_dir, recipe, quantize=recipe.model.quantize)
     # After loading, before LoRA: its initialisation draws from the seed, and how much randomness loading consumes
     # differs with and without zero.Init.
     set_seed(recipe.seed)
@@ -236,6 +261,7 @@ def run_sft_stage(
     if merge:
         result.merged_dir = output_dir / "merged"
         if trainer.accelerator.is_main_process:
+            # QLoRA too: the adapter merges into the unquantised base, not into rounded 4-bit weights
             merge_saved_adapter(base_dir, result.adapter_dir, recipe, result.merged_dir)
         trainer.accelerator.wait_for_everyone()
     return result
