@@ -77,3 +77,40 @@ def test_qlora_lora_stage_runs_on_cpu(tmp_path: Path):
     merged = MedVQAForConditionalGeneration.from_pretrained(result.merged_dir)
     q_proj = merged.model.language_model.layers[0].self_attn.q_proj
     assert type(q_proj) is torch.nn.Linear and q_proj.weight.dtype == torch.float32
+
+
+def test_planner_qlora_fits_one_24_and_one_16_gb_gpu_where_bf16_lora_does_not_fit_16():
+    from training.train.planner import plan_memory
+
+    qlora = load_recipe(QLORA_RECIPE)
+    for gib in (24, 16):
+        plan = plan_memory(qlora, "lora", 1, gib)
+        assert plan.fits, (gib, plan.breakdown)
+        assert plan.quantize == "4bit" and plan.breakdown["weights"] < 8 * 2**30  # vs ~16 GiB in bf16
+    # the same model and batch unquantised on one 16 GB GPU: the bf16 weights alone take ~15 GiB
+    bf16 = load_recipe(QLORA_RECIPE)
+    bf16.model.quantize = None
+    bf16.training.optim = "adamw_torch"
+    assert not plan_memory(bf16, "lora", 1, 16).fits
+
+
+def test_planner_nf4_bytes_match_bitsandbytes_storage(tmp_path):
+    """The planner's 4-bit weight bytes equal what bitsandbytes stores for the decoder projections (codebooks of a
+    few hundred bytes per matrix aside)."""
+    import bitsandbytes as bnb
+
+    from training.evaluation.evaluate import load_model
+    from training.tiny import TinySpec, save_tiny_model
+    from training.train.planner import quantized_weight_bytes
+
+    spec = TinySpec(text_hidden_size=256, text_intermediate_size=512, text_heads=4, text_kv_heads=2)
+    model, _ = load_model(save_tiny_model(tmp_path / "model", spec), device="cpu", quantize="4bit")
+    stored = 0
+    for module in model.model.language_model.layers.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = module.weight.quant_state
+            stored += module.weight.numel() * module.weight.element_size()  # packed 4-bit codes
+            stored += state.absmax.numel() * state.absmax.element_size()  # 8-bit absmax (double quantisation)
+            stored += state.state2.absmax.numel() * state.state2.absmax.element_size()  # their fp32 scales
+    predicted, _ = quantized_weight_bytes(model.config.text_config, "4bit")
+    assert abs(predicted - stored) / stored < 0.01, (predicted, stored)

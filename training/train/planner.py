@@ -106,6 +106,13 @@ elements ZeRO-3 keeps gathered at once, unless a single module is larger."""
 ZERO_STAGES = (2, 3)
 FRAGMENTATION = 0.10
 """Share of the activations and logits added for the caching allocator's fragmentation."""
+NF4_BLOCK = 64  # bitsandbytes' 4-bit blocksize: one absmax per 64 weights
+NF4_NESTED_BLOCK = 256  # double quantisation: the absmax values are 8-bit, one fp32 scale per 256 of them
+NF4_BYTES_PER_WEIGHT = 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * NF4_NESTED_BLOCK)
+"""Bytes per weight of an NF4 matrix with double quantisation: packed 4-bit codes, an 8-bit absmax per block of 64
+and an fp32 scale per 256 blocks (tests/test_planner.py checks it against bitsandbytes' own storage)."""
+ADAM_8BIT_BYTES_PER_PARAM = 2 + 2 * 4 / 256
+"""bitsandbytes' 8-bit AdamW: two uint8 states and an fp32 absmax per 256 elements for each."""
 FUSED_TOKEN_TILE = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
 FUSED_VOCAB_TILE = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE
 CPU_FUSED_TILE_COPIES = 7
@@ -163,6 +170,8 @@ class Plan:
     nodes: int = 1
     zero_stage: int = 2
     weights_gathered: int = 0  # ZeRO-3: bytes of the gathered working set inside ``weights``
+    quantize: str | None = None  # QLoRA: the recipe's model.quantize (4bit / 8bit base language model)
+    optim: str = "adamw_torch"
 
     @property
     def ranks(self) -> int:
@@ -554,6 +563,51 @@ def _dtype_bytes(recipe: Recipe, device: str) -> tuple[str, int]:
     return recipe.model.dtype, 4 if recipe.model.dtype == "float32" else 2
 
 
+def quantized_linear_shapes(text_config) -> tuple[int, int]:
+    """(weights, output rows) of the decoder layers' seven projections: what bitsandbytes quantises."""
+    h, inter = text_config.hidden_size, text_config.intermediate_size
+    hd = getattr(text_config, "head_dim", None) or h // text_config.num_attention_heads
+    q, kv = text_config.num_attention_heads * hd, text_config.num_key_value_heads * hd
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * inter
+    rows = q + 2 * kv + h + 2 * inter + h
+    return per_layer * text_config.num_hidden_layers, rows * text_config.num_hidden_layers
+
+
+def quantized_weight_bytes(text_config, quantize: str) -> tuple[int, int]:
+    """(bytes of the quantised projections, how many weights they hold) for ``quantize`` 4bit / 8bit."""
+    elements, rows = quantized_linear_shapes(text_config)
+    if quantize == "4bit":
+        return math.ceil(elements * NF4_BYTES_PER_WEIGHT), elements
+    return elements + 4 * rows, elements  # LLM.int8: one byte per weight, an fp32 scale per output row
+
+
+def _qlora_memory(counts, text_config, quantize: str, optim: str) -> tuple[int, int, int, list[str]]:
+    """(weights, gradients, optimizer states) of one QLoRA process, and notes.
+
+    The decoder projections are 4-bit / 8-bit; ``prepare_model_for_kbit_training`` keeps every other frozen weight
+    in fp32 (embeddings, LM head, norms, vision tower, the projector's frozen original); TRL keeps the trainable
+    ones of a quantised model in bf16, so their gradients are bf16 too.  No ZeRO: each GPU holds all of it.
+    """
+    quant_bytes, quant_elements = quantized_weight_bytes(text_config, quantize)
+    frozen_rest = counts.total - quant_elements - counts.trainable
+    weights = quant_bytes + frozen_rest * 4 + counts.trainable * 2
+    gradients = counts.trainable * 2
+    eight_bit = "8bit" in optim
+    optimizer = math.ceil(counts.trainable * (ADAM_8BIT_BYTES_PER_PARAM if eight_bit else 8))
+    notes = [
+        f"QLoRA: decoder projections {'NF4 4-bit + double quantisation' if quantize == '4bit' else 'LLM.int8 8-bit'}"
+        f" ({quant_bytes / GIB:.2f} GiB), other frozen weights fp32, trainable bf16; no DeepSpeed, nothing sharded",
+        f"optimizer {optim}: "
+        + ("8-bit AdamW states" if eight_bit else "32-bit AdamW states")
+        + (
+            "; paged: under memory pressure they move to host memory (counted here on the GPU)"
+            if "paged" in optim
+            else ""
+        ),
+    ]
+    return int(weights), int(gradients), int(optimizer), notes
+
+
 def default_seq_len(recipe: Recipe, image_tokens: int) -> int:
     """The sequence length the planner assumes: ``data.max_length``, else image tokens + typical text."""
     return int(recipe.data.max_length or image_tokens + TYPICAL_TEXT_TOKENS)
@@ -641,7 +695,13 @@ def plan_memory(
     # Weights, gradients, optimizer states.
     notes: list[str] = []
     gathered = 0
-    if device == "cuda":
+    quantize = recipe.model.quantize
+    if device == "cuda" and quantize:
+        weights, gradients, optimizer, quant_notes = _qlora_memory(
+            counts, text, quantize, recipe.training.optim
+        )
+        notes.extend(quant_notes)
+    elif device == "cuda":
         weights, gathered = zero_weight_bytes(counts, a, ranks, zero_stage, h)
         bucket = 2 * min(h * h, max(counts.trainable, 1)) * 4  # two reduce buckets (overlap_comm), fp32
         gradients = math.ceil(counts.trainable * (4 + 4) / ranks) + bucket
@@ -672,6 +732,10 @@ def plan_memory(
         device=device,
     )
     layer_bwd = llama_layer_backward_bytes(tokens, text, a)
+    if device == "cuda" and quantize:
+        # bitsandbytes dequantises one projection at a time for its matmul (forward and input gradient): the largest
+        # one (an MLP matrix) in the compute dtype joins the working set.
+        layer_bwd += text.hidden_size * text.intermediate_size * a
     # Pixel values (fp32 from the collator), input_ids, attention_mask, labels (int64).  accelerate's data loader
     # fetches the next batch ahead; on CPU it lives beside the current one, on GPU it stays in host memory.
     inputs = (batch * 3 * config.vision_config.image_size**2 * 4 + 3 * tokens * 8) * (
@@ -764,6 +828,8 @@ def plan_memory(
         nodes=nodes,
         zero_stage=zero_stage,
         weights_gathered=int(gathered),
+        quantize=quantize if device == "cuda" else None,
+        optim=recipe.training.optim,
     )
 
 
@@ -928,18 +994,23 @@ def format_plan(plan: Plan, largest: int) -> str:
         "",
         f"  {'component':<46}{'GiB/GPU':>8}  share",
     ]
-    zero = f" (ZeRO-{plan.zero_stage}, 1/{plan.ranks})" if plan.device == "cuda" else ""
+    zero = f" (ZeRO-{plan.zero_stage}, 1/{plan.ranks})" if plan.device == "cuda" and not plan.quantize else ""
     labels = {
         "weights": f"weights ({plan.dtype}"
         + (f", ZeRO-3 1/{plan.ranks} + gathered" if plan.device == "cuda" and plan.zero_stage == 3 else "")
         + ")",
         "gradients": "gradients" + zero,
-        "optimizer_states": "AdamW states" + zero,
+        "optimizer_states": ("8-bit AdamW states" if "8bit" in plan.optim else "AdamW states") + zero,
         "activations": "activations" + (" (checkpointed)" if plan.gradient_checkpointing else ""),
         "logits": "logits"
         + (" (fused head, beyond working set)" if plan.fused_lm_head else " (plain, beyond working set)"),
         "overhead": "CUDA/framework overhead",
     }
+    if plan.quantize:
+        labels["weights"] = (
+            f"weights (LM {'NF4 4-bit' if plan.quantize == '4bit' else '8-bit'}, rest fp32/bf16)"
+        )
+        labels["gradients"] = "gradients (bf16, trainable only)"
     rows = [f"  {labels[k]:<46}{_gib(v)}  {100 * v / plan.total:4.1f}%" for k, v in plan.breakdown.items()]
     other_act = (
         plan.activations_no_checkpointing if plan.gradient_checkpointing else plan.activations_checkpointing
