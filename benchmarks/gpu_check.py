@@ -204,7 +204,7 @@ def prefix_reuse(work: Path, shape, dtype, device: str, repeats: int) -> dict[st
     from PIL import Image
 
     from benchmarks.common import interleaved
-    from training.prompts import user_messages
+    from training.evaluation.prompting import encode, render
 
     model, processor = _model_and_processor(work, shape, dtype, device)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
@@ -214,18 +214,18 @@ def prefix_reuse(work: Path, shape, dtype, device: str, repeats: int) -> dict[st
         "What abnormality is seen in the image?",
         "Which imaging modality was used here?",
     ][:REUSE_K]
+    prompts = [render(processor, question) for question in questions]
     answers: dict[str, list[str]] = {}
 
     def shared():
         answers["shared"] = generate_with_shared_prefix(
-            model, processor, [image], questions, [0] * len(questions), max_new_tokens=16
+            model, processor, [image], prompts, [0] * len(prompts), max_new_tokens=16
         )
 
     def one_at_a_time():
         out = []
-        for question in questions:
-            prompt = processor.apply_chat_template(user_messages(question), add_generation_prompt=True)
-            inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(device)
+        for prompt in prompts:
+            inputs = encode(processor, [image], [prompt], padding_side="left").to(device)
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             ids = model.generate(**inputs, max_new_tokens=16, do_sample=False)
             out.append(
