@@ -219,3 +219,85 @@ def test_training_records_resolve_from_a_relative_jsonl_path(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     records, _ = read_train_records(Path("out") / "data" / "train.jsonl")
     assert all(Path(r["image"]).is_absolute() and Path(r["image"]).is_file() for r in records)
+
+
+def _textured_dataset(folder: Path) -> Path:
+    """Two records whose images have texture and colour, so a crop or a colour change alters the pixels."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, mode in enumerate(["RGB", "L"]):
+        shape = (96, 80, 3) if mode == "RGB" else (96, 80)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{i}.png")
+        lines.append(
+            {"question_id": str(i), "dataset": "synthetic", "image": f"{i}.png", "question": "Which modality?",
+             "answer": "CT", "answer_type": "open", "modality": "CT", "modality_raw": "CT",
+             "question_type": "Modality Recognition", "options": ["CT", "MRI"], "source": "s", "split": "train"}
+        )  # fmt: skip
+    (folder / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder / "train.jsonl"
+
+
+def test_training_images_are_augmented_in_every_stage_and_never_at_evaluation(
+    tiny_model_dir: Path, tiny_bases: dict[str, str], tmp_path: Path
+):
+    import open_clip
+
+    from training.evaluation.evaluate import ImageLoader
+    from training.evaluation.prompting import encode, render
+    from training.init_checkpoint import load_open_clip
+    from training.train.augment import training_augmentation
+    from training.train.clip_stage import ClipCollator, image_caption_pairs
+    from training.train.pipeline import read_train_records
+    from training.train.sft_data import MedVQACollator, build_sft_dataset
+    from training.train.sft_stages import stage_augmentation
+
+    recipe = _tiny_recipe(tmp_path / "run")
+    recipe.data.augment = True
+    processor = MedVQAProcessor.from_pretrained(tiny_model_dir)
+    jsonl = _textured_dataset(tmp_path / "data")
+    records, base = read_train_records(jsonl)
+    examples = list(build_sft_dataset(records, base))
+
+    def sft_pixels(augment):
+        return MedVQACollator(processor=processor, augment=augment)(examples)["pixel_values"]
+
+    torch.manual_seed(0)
+    augmented = stage_augmentation(recipe, processor)
+    first, second = sft_pixels(augmented), sft_pixels(augmented)
+    assert first.shape == sft_pixels(None).shape == (2, 3, 160, 160)
+    assert not torch.equal(first, second)  # a fresh draw for each batch
+    assert not torch.equal(first, sft_pixels(None))
+    mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
+    grey = first[1] * std + mean  # the grey image, un-normalised: its three channels stay equal
+    torch.testing.assert_close(grey[0], grey[1])
+    torch.testing.assert_close(grey[1], grey[2])
+    recipe.data.augment = False
+    assert stage_augmentation(recipe, processor) is None
+    assert torch.equal(sft_pixels(None), sft_pixels(None))
+
+    clip_model, _ = load_open_clip(tiny_bases["vision"])
+    pp = open_clip.get_model_preprocess_cfg(clip_model)
+    transform = open_clip.image_transform(pp["size"], is_train=False, mean=pp["mean"], std=pp["std"])
+    pairs = image_caption_pairs(records, base, "{modality} image.")
+    tokenizer = open_clip.get_tokenizer(tiny_bases["vision"])
+    plain = ClipCollator(transform, tokenizer)(pairs)["pixel_values"]
+    clip_augment = ClipCollator(transform, tokenizer, training_augmentation(pp["size"]))
+    assert not torch.equal(clip_augment(pairs)["pixel_values"], clip_augment(pairs)["pixel_values"])
+    assert torch.equal(plain, ClipCollator(transform, tokenizer)(pairs)["pixel_values"])
+
+    # Evaluation (and ask, which shares the processor path) sees the image as it is, the same on every call.
+    prompt = render(processor, records[0]["question"])
+
+    def eval_pixels():
+        image = ImageLoader(jsonl)(records[0])  # a new loader each time: nothing cached
+        return encode(processor, [image], [prompt], padding_side="left")["pixel_values"]
+
+    assert torch.equal(eval_pixels(), eval_pixels())
+    assert torch.equal(eval_pixels()[0], sft_pixels(None)[0])

@@ -73,18 +73,22 @@ def image_caption_pairs(
 
 
 class ClipCollator:
-    """Loads images with the medical loader, applies open_clip's train transform, tokenizes captions."""
+    """Loads images with the medical loader, augments them (when asked), applies open_clip's train transform,
+    tokenizes captions."""
 
-    def __init__(self, transform, tokenizer) -> None:
+    def __init__(self, transform, tokenizer, augment=None) -> None:
         self.transform = transform
+        self.augment = augment  # training.train.augment, the same as the SFT stages'
         self.text_tokenizer = tokenizer  # not `tokenizer`: Trainer would try to save_pretrained it
 
-    def __call__(self, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+    def _image(self, path: str):
         from training.images import load_medical_image
 
-        pixels = torch.stack(
-            [self.transform(load_medical_image(e["image"], keep_gray=True)) for e in examples]
-        )
+        image = load_medical_image(path, keep_gray=True)
+        return self.transform(self.augment(image) if self.augment is not None else image)
+
+    def __call__(self, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+        pixels = torch.stack([self._image(e["image"]) for e in examples])
         return {"pixel_values": pixels, "text": self.text_tokenizer([e["caption"] for e in examples])}
 
 
@@ -137,6 +141,7 @@ def run_clip_stage(
 
     from modeling_medvqa import MedVQAForConditionalGeneration, MedVQAProcessor
     from training.init_checkpoint import load_open_clip
+    from training.train.augment import training_augmentation
     from training.train.sft_stages import training_arguments
 
     output_dir = Path(recipe.output_dir) / "clip"
@@ -159,7 +164,9 @@ def run_clip_stage(
         model=OpenClipContrastive(clip_model, rank=state.process_index, world_size=state.num_processes),
         args=args,
         train_dataset=Dataset.from_list(pairs),
-        data_collator=ClipCollator(transform, tokenizer),
+        data_collator=ClipCollator(
+            transform, tokenizer, training_augmentation(pp["size"]) if recipe.data.augment else None
+        ),
         callbacks=callbacks,
     )
     if stage.vision_learning_rate is not None:

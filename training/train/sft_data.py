@@ -53,6 +53,7 @@ class MedVQACollator(DataCollatorForVisionLanguageModeling):
 
     image_loader: Callable[[str], Any] | None = None
     completion_only_loss: bool = True
+    augment: Callable[[Any], Any] | None = None  # training.train.augment, applied to each loaded image
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         loader = self.image_loader or _default_loader
@@ -60,5 +61,7 @@ class MedVQACollator(DataCollatorForVisionLanguageModeling):
         for example in examples:
             example = dict(example)
             example["images"] = [loader(p) if isinstance(p, str) else p for p in example["images"]]
+            if self.augment is not None:
+                example["images"] = [self.augment(image) for image in example["images"]]
             loaded.append(example)
         return super().torch_call(loaded)

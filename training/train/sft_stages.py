@@ -245,7 +245,11 @@ def run_sft_stage(
         args=args,
         train_dataset=build_sft_dataset(train_records, records_base),
         processing_class=processor,
-        data_collator=MedVQACollator(processor=processor, max_length=recipe.data.max_length),
+        data_collator=MedVQACollator(
+            processor=processor,
+            max_length=recipe.data.max_length,
+            augment=stage_augmentation(recipe, processor),
+        ),
         callbacks=callbacks,
     )
     trainer.module_learning_rates = rates
@@ -279,6 +283,16 @@ def merge_saved_adapter(base_dir: Path, adapter_dir: Path, recipe: Recipe, out_d
         model, processor = load_base(base_dir, recipe)
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return merge_adapter(peft_model, processor, out_dir)
+
+
+def stage_augmentation(recipe: Recipe, processor):
+    """The shared training augmentation at the processor's input size, when the recipe asks for it."""
+    if not recipe.data.augment:
+        return None
+    from training.train.augment import training_augmentation
+
+    size = processor.image_processor.crop_size
+    return training_augmentation(size["height"] if isinstance(size, dict) else size.height)  # a SizeDict
 
 
 def merge_adapter(peft_model, processor, out_dir: Path) -> Path:
