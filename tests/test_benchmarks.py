@@ -60,3 +60,28 @@ def test_paper_shape_on_cpu_refuses_without_shallow():
     proc = _run("--shape", "paper", "--device", "cpu", "--no-save", "--only", "train")
     assert proc.returncode == 2
     assert "--shallow" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prefix_reuse_benchmark_runs_and_answers_match(tmp_path):
+    """The prefix-reuse / 4-bit benchmark runs end to end on the tiny shape (figures are not asserted: no timings)."""
+    import json
+
+    from benchmarks.prefix_reuse import main
+
+    out = tmp_path / "prefix.json"
+    args = [
+        "--shapes",
+        "tiny",
+        "--ks",
+        "1,2",
+        "--repeats",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--quant-shapes",
+        "tiny",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert all(row["identical_answers"] for row in result["prefix_reuse"]["tiny"].values())
+    assert result["four_bit"]["tiny"]["answer_produced"]
