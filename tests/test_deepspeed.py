@@ -9,30 +9,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from training_fixtures import write_colour_dataset
+from training_fixtures import deepspeed_launch_env, write_colour_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _launch(data: Path, out: Path, *probe_args: str) -> list[dict]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": os.environ.get(
-            "TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")
-        ),
-        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
-    }
-    env.pop("ACCELERATE_USE_CPU", None)  # accelerate would then run plain DDP instead of DeepSpeed's engine
+    env = deepspeed_launch_env(REPO)
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--use_deepspeed", "--deepspeed_config_file", str(REPO / "configuration" / "deepspeed" / "zero3.json"),

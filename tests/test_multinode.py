@@ -7,14 +7,13 @@ The ZeRO-3 run's adapter, merged model and reload are checked too.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from training_fixtures import write_colour_dataset
+from training_fixtures import deepspeed_launch_env, write_colour_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests" / "deepspeed_probe.py"
@@ -23,18 +22,7 @@ STEPS, PER_RANK_BATCH = 3, 2
 
 
 def _env() -> dict[str, str]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": os.environ.get(
-            "TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")
-        ),
-        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
-    }
-    env.pop("ACCELERATE_USE_CPU", None)  # accelerate would then run plain DDP instead of DeepSpeed's engine
-    return env
+    return deepspeed_launch_env(REPO)
 
 
 def _free_port() -> int:

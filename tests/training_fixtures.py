@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -39,3 +40,20 @@ def write_colour_dataset(folder: Path, n: int = 48, seed: int = 0) -> Path:
     path = folder / "train.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
+
+
+def deepspeed_launch_env(repo: Path) -> dict[str, str]:
+    """Environment for ``accelerate launch`` of tests/deepspeed_probe.py: offline, one thread per rank, the shared
+    compiled-op cache, this checkout first on the path."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "TORCH_EXTENSIONS_DIR": os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(repo / ".cache" / "torch_extensions")
+        ),
+        "PYTHONPATH": f"{repo}{os.pathsep}{repo / 'tests'}",
+    }
+    env.pop("ACCELERATE_USE_CPU", None)  # accelerate would then run plain DDP instead of DeepSpeed's engine
+    return env

@@ -44,21 +44,30 @@ def why_not(path: str | os.PathLike[str], want: str = "file") -> str:
     return "is not a regular file (a FIFO, socket or device)"
 
 
-def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
-    """Parse the JSON file ``path``; every way it can be unreadable becomes one user error naming it."""
-    path = Path(path)
+def _read_small_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a small regular file (a config, recipe or report); every way it cannot be read becomes
+    one user error naming it. Non-regular files are refused before they are opened (a FIFO would block)."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
             raise MedVQAUserError(path, f"{what} is not a regular file")
-        if path.stat().st_size > MAX_JSON_BYTES:
+        if info.st_size > MAX_JSON_BYTES:
             raise MedVQAUserError(path, f"{what} is larger than {MAX_JSON_BYTES // 2**20} MiB")
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MedVQAUserError(path, f"{what} not found") from None
     except OSError as exc:
         raise MedVQAUserError(path, f"cannot read the {what} ({os_reason(exc)})") from None
     except UnicodeDecodeError as exc:
-        raise MedVQAUserError(path, f"{what} is not UTF-8 text (byte {exc.start})") from None
+        raise MedVQAUserError(
+            path, f"{what} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """Parse the JSON file ``path``; every way it can be unreadable becomes one user error naming it."""
+    path = Path(path)
+    text = _read_small_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -191,20 +200,7 @@ def read_yaml(path: str | os.PathLike[str], what: str = "YAML file") -> Any:
     import yaml
 
     path = Path(path)
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise MedVQAUserError(path, f"{what} is not a regular file")
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise MedVQAUserError(path, f"{what} is larger than {MAX_JSON_BYTES // 2**20} MiB")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MedVQAUserError(path, f"{what} not found") from None
-    except OSError as exc:
-        raise MedVQAUserError(path, f"cannot read the {what} ({os_reason(exc)})") from None
-    except UnicodeDecodeError as exc:
-        raise MedVQAUserError(
-            path, f"{what} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
-        ) from None
+    text = _read_small_text(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
