@@ -10,6 +10,20 @@ from collections.abc import Callable
 from typing import Any
 
 
+def quiet_libraries() -> None:
+    """Offline, no tokenizer threads, no library warnings or progress bars: a benchmark prints only its table."""
+    import warnings
+
+    # Before transformers is imported: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch

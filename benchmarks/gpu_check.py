@@ -248,22 +248,15 @@ def prefix_reuse(work: Path, shape, dtype, device: str, repeats: int) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import os
-    import warnings
+    from benchmarks.common import machine, quiet_libraries, versions
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
+    quiet_libraries()
     import torch
-    from transformers.utils import logging as hf_logging
 
     from benchmarks import speed
-    from benchmarks.common import machine, versions
     from benchmarks.models import get_shape
     from training.train.recipe import load_recipe
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     if not args.dry_run and not torch.cuda.is_available():
         print(
             "gpu_check: error: no CUDA device is visible (use --dry-run to check the script on a CPU)",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -131,19 +130,13 @@ def paper_plan() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
+    from benchmarks.common import machine, quiet_libraries, versions
 
-    warnings.filterwarnings("ignore")
+    quiet_libraries()
     import torch
-    from transformers.utils import logging as hf_logging
 
-    from benchmarks.common import machine, versions
     from benchmarks.models import get_shape
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
     if device == "cuda" and not torch.cuda.is_available():
