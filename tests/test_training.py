@@ -146,6 +146,18 @@ class _Kill(Exception):
     pass
 
 
+def test_augmentation_epoch_follows_the_trainer_state_also_when_resumed_mid_epoch():
+    from transformers import TrainerControl, TrainerState
+
+    from training.train.augment import TrainingAugmentation
+
+    augmentation = TrainingAugmentation(32, seed=0)
+    callback = augmentation.epoch_callback()
+    for epoch, expected in ((None, 0), (0.0, 0), (0.375, 0), (1.0, 1), (2.75, 2), (3.0, 3)):
+        callback.on_epoch_begin(None, TrainerState(epoch=epoch), TrainerControl())
+        assert augmentation.epoch == expected, epoch
+
+
 def test_resume_after_a_kill_ends_with_the_same_adapter(tmp_path: Path):
     from transformers import TrainerCallback
 
@@ -156,7 +168,9 @@ def test_resume_after_a_kill_ends_with_the_same_adapter(tmp_path: Path):
 
     def recipe_for(out: Path):
         recipe = _tiny_recipe(out, lora={"max_steps": 6, "num_train_epochs": 1})
-        recipe.training.per_device_train_batch_size = 4
+        recipe.data.augment = True  # random crops too must come out the same after a resume
+        # 4 steps an epoch: the resumed run crosses into epoch 1
+        recipe.training.per_device_train_batch_size = 8
         recipe.training.save_steps = 3
         recipe.training.logging_steps = 1
         return recipe
@@ -251,7 +265,7 @@ def test_training_images_are_augmented_in_every_stage_and_never_at_evaluation(
     from training.evaluation.evaluate import ImageLoader
     from training.evaluation.prompting import encode, render
     from training.init_checkpoint import load_open_clip
-    from training.train.augment import training_augmentation
+    from training.train.augment import TrainingAugmentation
     from training.train.clip_stage import ClipCollator, image_caption_pairs
     from training.train.pipeline import read_train_records
     from training.train.sft_data import MedVQACollator, build_sft_dataset
@@ -267,12 +281,21 @@ def test_training_images_are_augmented_in_every_stage_and_never_at_evaluation(
     def sft_pixels(augment):
         return MedVQACollator(processor=processor, augment=augment)(examples)["pixel_values"]
 
-    torch.manual_seed(0)
     augmented = stage_augmentation(recipe, processor)
-    first, second = sft_pixels(augmented), sft_pixels(augmented)
+    first = sft_pixels(augmented)
     assert first.shape == sft_pixels(None).shape == (2, 3, 160, 160)
-    assert not torch.equal(first, second)  # a fresh draw for each batch
     assert not torch.equal(first, sft_pixels(None))
+    # The draw is keyed on (seed, epoch, example), not on the process's RNG: the same in any process and order
+    # (what makes a resumed run exact), and left out of torch's global random stream.
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert torch.equal(sft_pixels(augmented), first)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(sft_pixels(stage_augmentation(recipe, processor)), first)
+    augmented.epoch = 1  # set by its TrainerCallback at each epoch's start
+    assert not torch.equal(sft_pixels(augmented), first)
+    recipe.seed += 1
+    assert not torch.equal(sft_pixels(stage_augmentation(recipe, processor)), first)
     mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
     std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
     grey = first[1] * std + mean  # the grey image, un-normalised: its three channels stay equal
@@ -288,8 +311,13 @@ def test_training_images_are_augmented_in_every_stage_and_never_at_evaluation(
     pairs = image_caption_pairs(records, base, "{modality} image.")
     tokenizer = open_clip.get_tokenizer(tiny_bases["vision"])
     plain = ClipCollator(transform, tokenizer)(pairs)["pixel_values"]
-    clip_augment = ClipCollator(transform, tokenizer, training_augmentation(pp["size"]))
-    assert not torch.equal(clip_augment(pairs)["pixel_values"], clip_augment(pairs)["pixel_values"])
+    augmentation = TrainingAugmentation(pp["size"], seed=0)
+    clip_augment = ClipCollator(transform, tokenizer, augmentation)
+    clip_first = clip_augment(pairs)["pixel_values"]
+    assert not torch.equal(clip_first, plain)
+    assert torch.equal(clip_augment(pairs)["pixel_values"], clip_first)
+    augmentation.epoch = 1
+    assert not torch.equal(clip_augment(pairs)["pixel_values"], clip_first)
     assert torch.equal(plain, ClipCollator(transform, tokenizer)(pairs)["pixel_values"])
 
     # Evaluation (and ask, which shares the processor path) sees the image as it is, the same on every call.

@@ -78,14 +78,14 @@ class ClipCollator:
 
     def __init__(self, transform, tokenizer, augment=None) -> None:
         self.transform = transform
-        self.augment = augment  # training.train.augment, the same as the SFT stages'
+        self.augment = augment  # a training.train.augment.TrainingAugmentation, the same as the SFT stages'
         self.text_tokenizer = tokenizer  # not `tokenizer`: Trainer would try to save_pretrained it
 
     def _image(self, path: str):
         from training.images import load_medical_image
 
         image = load_medical_image(path, keep_gray=True)
-        return self.transform(self.augment(image) if self.augment is not None else image)
+        return self.transform(self.augment(image, path) if self.augment is not None else image)
 
     def __call__(self, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
         pixels = torch.stack([self._image(e["image"]) for e in examples])
@@ -141,7 +141,7 @@ def run_clip_stage(
 
     from modeling_medvqa import MedVQAForConditionalGeneration, MedVQAProcessor
     from training.init_checkpoint import load_open_clip
-    from training.train.augment import training_augmentation
+    from training.train.augment import TrainingAugmentation
     from training.train.sft_stages import training_arguments
 
     output_dir = Path(recipe.output_dir) / "clip"
@@ -160,14 +160,13 @@ def run_clip_stage(
     class ClipTrainer(CompleteCheckpointMixin, ModuleLearningRatesMixin, Trainer):
         """Trainer for the open_clip module (no SFT specifics)."""
 
+    augment = TrainingAugmentation(pp["size"], recipe.seed) if recipe.data.augment else None
     trainer = ClipTrainer(
         model=OpenClipContrastive(clip_model, rank=state.process_index, world_size=state.num_processes),
         args=args,
         train_dataset=Dataset.from_list(pairs),
-        data_collator=ClipCollator(
-            transform, tokenizer, training_augmentation(pp["size"]) if recipe.data.augment else None
-        ),
-        callbacks=callbacks,
+        data_collator=ClipCollator(transform, tokenizer, augment),
+        callbacks=[*(callbacks or []), *([augment.epoch_callback()] if augment else [])],
     )
     if stage.vision_learning_rate is not None:
         trainer.module_learning_rates = {"clip.visual.": stage.vision_learning_rate}

@@ -9,6 +9,7 @@ hold the whole set in memory) and load them in the collator, then hand over to T
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,15 +54,25 @@ class MedVQACollator(DataCollatorForVisionLanguageModeling):
 
     image_loader: Callable[[str], Any] | None = None
     completion_only_loss: bool = True
-    augment: Callable[[Any], Any] | None = None  # training.train.augment, applied to each loaded image
+    # training.train.augment.TrainingAugmentation: (image, key) -> image, applied to each loaded image
+    augment: Callable[[Any, str], Any] | None = None
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         loader = self.image_loader or _default_loader
         loaded = []
         for example in examples:
             example = dict(example)
+            if self.augment is not None:
+                keys = _augmentation_keys(example)
             example["images"] = [loader(p) if isinstance(p, str) else p for p in example["images"]]
             if self.augment is not None:
-                example["images"] = [self.augment(image) for image in example["images"]]
+                example["images"] = [self.augment(im, key) for im, key in zip(example["images"], keys)]
             loaded.append(example)
         return super().torch_call(loaded)
+
+
+def _augmentation_keys(example: Mapping[str, Any]) -> list[str]:
+    """One key per image of an example: its path (or position) and the prompt, so that the several questions
+    about one image get different crops, and an example gets the same one wherever and whenever it is drawn."""
+    prompt = json.dumps(example.get("prompt"), sort_keys=True, ensure_ascii=False)
+    return [f"{p if isinstance(p, str) else i}\0{prompt}" for i, p in enumerate(example["images"])]

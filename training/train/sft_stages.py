@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.train.augment import TrainingAugmentation
 from training.train.checkpoints import (
     CompleteCheckpointMixin,
     ModuleLearningRatesMixin,
@@ -240,17 +241,14 @@ def run_sft_stage(
     if stage == "joint":
         rates[VISION] = s.vision_learning_rate or s.learning_rate
 
+    augment = stage_augmentation(recipe, processor)
     trainer = _sft_trainer_class()(
         model=peft_model,
         args=args,
         train_dataset=build_sft_dataset(train_records, records_base),
         processing_class=processor,
-        data_collator=MedVQACollator(
-            processor=processor,
-            max_length=recipe.data.max_length,
-            augment=stage_augmentation(recipe, processor),
-        ),
-        callbacks=callbacks,
+        data_collator=MedVQACollator(processor=processor, max_length=recipe.data.max_length, augment=augment),
+        callbacks=[*(callbacks or []), *([augment.epoch_callback()] if augment else [])],
     )
     trainer.module_learning_rates = rates
     result = train_stage(trainer, stage, output_dir, resume)
@@ -285,14 +283,14 @@ def merge_saved_adapter(base_dir: Path, adapter_dir: Path, recipe: Recipe, out_d
     return merge_adapter(peft_model, processor, out_dir)
 
 
-def stage_augmentation(recipe: Recipe, processor):
+def stage_augmentation(recipe: Recipe, processor) -> TrainingAugmentation | None:
     """The shared training augmentation at the processor's input size, when the recipe asks for it."""
     if not recipe.data.augment:
         return None
-    from training.train.augment import training_augmentation
-
     size = processor.image_processor.crop_size
-    return training_augmentation(size["height"] if isinstance(size, dict) else size.height)  # a SizeDict
+    return TrainingAugmentation(
+        size["height"] if isinstance(size, dict) else size.height, recipe.seed
+    )  # a SizeDict
 
 
 def merge_adapter(peft_model, processor, out_dir: Path) -> Path:
