@@ -37,7 +37,7 @@ class DataSettings:
     val: str | None = None
     max_length: int | None = None  # tokens per example incl. image tokens; None = no truncation
     clip_text: str = "{modality} image. {question} {answer}"  # the caption of each image for the clip stage
-    augment: bool = False  # random crops, colour jitter, greyscale on training images (train/augment.py)
+    augment: bool = False  # random crops and greyscale on training images (train/augment.py)
 
 
 @dataclass
