@@ -285,13 +285,17 @@ def test_training_images_are_augmented_in_every_stage_and_never_at_evaluation(
     first = sft_pixels(augmented)
     assert first.shape == sft_pixels(None).shape == (2, 3, 160, 160)
     assert not torch.equal(first, sft_pixels(None))
-    # The draw is keyed on (seed, epoch, example), not on the process's RNG: the same in any process and order
+    # The draw is keyed on (seed, epoch, pixels + question), not on the process's RNG: the same in any process and order
     # (what makes a resumed run exact), and left out of torch's global random stream.
     torch.manual_seed(0)
     before = torch.get_rng_state()
     assert torch.equal(sft_pixels(augmented), first)
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(sft_pixels(stage_augmentation(recipe, processor)), first)
+    # keyed on the pixels, not the path: the same data in another folder gets the same draws
+    moved, moved_base = read_train_records(_textured_dataset(tmp_path / "elsewhere"))
+    collate = MedVQACollator(processor=processor, augment=stage_augmentation(recipe, processor))
+    assert torch.equal(collate(list(build_sft_dataset(moved, moved_base)))["pixel_values"], first)
     augmented.epoch = 1  # set by its TrainerCallback at each epoch's start
     assert not torch.equal(sft_pixels(augmented), first)
     recipe.seed += 1

@@ -17,7 +17,8 @@ the image?".
 Each draw is a function of (recipe seed, epoch, example) rather than of the process's random state
 (:class:`TrainingAugmentation`): ``Trainer`` restores the global RNG on resume only after it has fetched, and so
 augmented, the first batch, and each DataLoader worker holds its own copy of that state.  A keyed draw is the same
-in a straight run, a resumed one and any worker, so a resumed run ends with the same weights.
+in a straight run, a resumed one and any worker, so a resumed run ends with the same weights.  The example is named
+by its pixels and its question, not by its path, so the same data in another folder trains the same way.
 
 ``medvqa eval`` and ``medvqa ask`` load images without any of this (their loaders never call it).
 """
@@ -51,10 +52,11 @@ def training_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
 
 
 class TrainingAugmentation:
-    """``(image, key) -> image``: :func:`training_augmentation` with its randomness drawn from (seed, epoch, key).
+    """``(image, key) -> image``: :func:`training_augmentation` with its randomness drawn from (seed, epoch, the
+    image's pixels, key).
 
-    ``key`` names the example (its image path and question); the same key in the same epoch gets the same crop,
-    another epoch a new one.  :meth:`epoch_callback` keeps ``epoch`` in step with the ``Trainer``; it is set in the
+    ``key`` tells apart the examples of one image (its question); the same image and key in the same epoch get the
+    same crop, another epoch a new one.  :meth:`epoch_callback` keeps ``epoch`` in step with the ``Trainer``; it is set in the
     main process before each epoch's DataLoader iterator (and its workers) is made.
     """
 
@@ -66,7 +68,10 @@ class TrainingAugmentation:
     def __call__(self, image: Image.Image, key: str) -> Image.Image:
         import torch
 
-        digest = hashlib.blake2b(f"{self.seed}\0{self.epoch}\0{key}".encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(f"{self.seed}\0{self.epoch}\0{key}\0".encode(), digest_size=8)
+        digest.update(f"{image.mode}{image.size}".encode())
+        digest.update(image.tobytes())  # ~50 KB for a 160 px image; what the draw would be without a path
+        digest = digest.digest()
         with torch.random.fork_rng(
             devices=[]
         ):  # torchvision draws from torch's global RNG: leave it untouched

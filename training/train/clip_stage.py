@@ -85,7 +85,8 @@ class ClipCollator:
         from training.images import load_medical_image
 
         image = load_medical_image(path, keep_gray=True)
-        return self.transform(self.augment(image, path) if self.augment is not None else image)
+        # one caption per image: the pixels alone key the draw
+        return self.transform(self.augment(image, "") if self.augment is not None else image)
 
     def __call__(self, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
         pixels = torch.stack([self._image(e["image"]) for e in examples])

@@ -72,7 +72,7 @@ class MedVQACollator(DataCollatorForVisionLanguageModeling):
 
 
 def _augmentation_keys(example: Mapping[str, Any]) -> list[str]:
-    """One key per image of an example: its path (or position) and the prompt, so that the several questions
-    about one image get different crops, and an example gets the same one wherever and whenever it is drawn."""
+    """One key per image of an example: its position and the prompt, so that the several questions about one image
+    get different crops (the augmentation adds the image's pixels to the key, not its path)."""
     prompt = json.dumps(example.get("prompt"), sort_keys=True, ensure_ascii=False)
-    return [f"{p if isinstance(p, str) else i}\0{prompt}" for i, p in enumerate(example["images"])]
+    return [f"{i}\0{prompt}" for i in range(len(example["images"]))]
