@@ -5,8 +5,9 @@ time, whole colour fundus photographs in training), and a model trained on fixed
 framing of each training source instead of what the modality looks like.  CLIP-style training meets this with
 random resized crops and random greyscale (open_clip's ``AugmentationCfg``: ``scale``, ``gray_scale_prob``); we
 apply the same torchvision transforms to the loaded PIL image, before each stage's own preprocessing, so that the
-clip stage (open_clip's transform) and the SFT stages (the MedVQA processor) see the same augmented images.  Not open_clip's ``image_transform(is_train=True, aug_cfg=...)``
-itself: it ends in a normalised tensor for open_clip's model, while the SFT stages hand PIL images to the processor.
+clip stage (open_clip's transform) and the SFT stages (the MedVQA processor) see the same augmented images.  Not
+open_clip's ``image_transform(is_train=True, aug_cfg=...)`` itself: it ends in a normalised tensor for open_clip's
+model, while the SFT stages hand PIL images to the processor.
 
 No colour jitter (open_clip's ``color_jitter``), by measurement: brightness and contrast are part of what tells the
 modalities apart (a CT window, an MRI sequence's contrast, the black field around an ultrasound fan).  On the demo's
@@ -56,8 +57,8 @@ class TrainingAugmentation:
     image's pixels, key).
 
     ``key`` tells apart the examples of one image (its question); the same image and key in the same epoch get the
-    same crop, another epoch a new one.  :meth:`epoch_callback` keeps ``epoch`` in step with the ``Trainer``; it is set in the
-    main process before each epoch's DataLoader iterator (and its workers) is made.
+    same crop, another epoch a new one.  :meth:`epoch_callback` keeps ``epoch`` in step with the ``Trainer``; it is
+    set in the main process before each epoch's DataLoader iterator (and its workers) is made.
     """
 
     def __init__(self, size: int, seed: int) -> None:
@@ -71,11 +72,9 @@ class TrainingAugmentation:
         digest = hashlib.blake2b(f"{self.seed}\0{self.epoch}\0{key}\0".encode(), digest_size=8)
         digest.update(f"{image.mode}{image.size}".encode())
         digest.update(image.tobytes())  # ~50 KB for a 160 px image; what the draw would be without a path
-        digest = digest.digest()
-        with torch.random.fork_rng(
-            devices=[]
-        ):  # torchvision draws from torch's global RNG: leave it untouched
-            torch.manual_seed(int.from_bytes(digest, "little") >> 1)
+        # torchvision draws from torch's global RNG: seed a forked copy and leave the global stream untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
             return self.transform(image)
 
     def epoch_callback(self):

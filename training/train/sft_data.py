@@ -62,10 +62,9 @@ class MedVQACollator(DataCollatorForVisionLanguageModeling):
         loaded = []
         for example in examples:
             example = dict(example)
-            if self.augment is not None:
-                keys = _augmentation_keys(example)
             example["images"] = [loader(p) if isinstance(p, str) else p for p in example["images"]]
             if self.augment is not None:
+                keys = _augmentation_keys(example)
                 example["images"] = [self.augment(im, key) for im, key in zip(example["images"], keys)]
             loaded.append(example)
         return super().torch_call(loaded)
