@@ -113,6 +113,30 @@ def test_option_losses_match_a_plain_forward_pass(loaded, eval_set):
         assert got == pytest.approx(expected, abs=1e-4)
 
 
+def test_option_losses_rank_the_raw_release_strings(loaded, eval_set):
+    # a record that keeps the release's raw options is ranked on those (OmniMedVQA's prefix score), in the mc
+    # prompt that lists them: the same losses as a record whose options are the raw strings themselves
+    from training.evaluation.evaluate import ImageLoader, option_losses
+    from training.evaluation.prompting import question_text
+
+    model, processor = loaded
+    raw = ["CT(Computed Tomography)", "MR (Mag-netic Resonance Imaging)", "MRI", "x_ray."]
+    base = _records(eval_set)[1]
+    kept = {**base, "options": ["CT", "MRI", "X-Ray"], "options_raw": raw, "answer_raw": "MRI"}
+    plain = {**base, "options": raw}
+    assert question_text(kept, "mc") == question_text(plain, "mc") and "(B) MR (Mag-netic" in question_text(
+        kept, "mc"
+    )
+    loader = ImageLoader(eval_set)
+    for prompt in ("open", "mc"):
+        got = option_losses(model, processor, [kept, plain], loader, batch_size=8, prompt=prompt)
+        assert len(got[0]) == 4 and got[0] == pytest.approx(got[1], abs=1e-5)
+    cleaned = option_losses(
+        model, processor, [{**base, "options": ["CT", "MRI", "X-Ray"]}], loader, batch_size=8
+    )
+    assert len(cleaned[0]) == 3
+
+
 def test_eval_writes_every_file(tiny_model, eval_set, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["eval", "--model", str(tiny_model), "--data", str(eval_set), "--out", str(out)]

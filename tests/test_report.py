@@ -283,6 +283,21 @@ def test_score_cli_writes_everything(tmp_path, capsys):
             "p.jsonl:1",
             "mc_prefix_choice",
         ),
+        (
+            '{"answer": "CT", "prediction": "CT", "options": ["CT", "MRI"], "options_raw": "CT, MRI"}\n',
+            "p.jsonl:1",
+            '"options_raw" must be a list of strings, got str',
+        ),
+        (
+            '{"answer": "CT", "prediction": "CT", "options": ["CT"], "options_raw": ["CT", 3]}\n',
+            "p.jsonl:1",
+            "a list holding a value of type int",
+        ),
+        (
+            '{"answer": "CT", "prediction": "CT", "answer_raw": 1}\n',
+            "p.jsonl:1",
+            '"answer_raw" must be a string',
+        ),
     ],
 )
 def test_score_cli_user_errors(tmp_path, capsys, content, where, reason):

@@ -331,6 +331,24 @@ def test_mc_prefix_score_reads_the_models_choice():
     assert "mc_prefix_score" not in flags({**rec, "options": [], "mc_prefix_choice": 0})
 
 
+def test_mc_prefix_score_indexes_the_raw_options_the_model_ranked():
+    # eval ranks the release's raw strings when a record keeps them, as OmniMedVQA does: the choice indexes those.
+    # Here the cleaned options collapse to two ([MRI, X-Ray]), so index 3 is only valid among the raw ones.
+    rec = _record(
+        "x", "MRI", options=["MRI", "X-Ray"], options_raw=["MR", "x_ray.", "X-ray", "MRI"], answer_raw="MRI"
+    )
+    assert flags({**rec, "mc_prefix_choice": 3})["mc_prefix_score"] is True
+    assert (
+        flags({**rec, "mc_prefix_choice": 0})["mc_prefix_score"] is False
+    )  # "MR" is not the release's answer
+    with pytest.raises(ValueError, match="0..3"):
+        flags({**rec, "mc_prefix_choice": 4})
+    # a raw answer that matches no raw option is not scorable, whatever the cleaned options say
+    lost = {**rec, "answer_raw": "MRI scan", "mc_prefix_choice": 3}
+    assert "mc_prefix_score" not in flags(lost)
+    assert unscorable(lost)["mc_prefix_score"] == "no_gold_option"
+
+
 def test_registry_names_every_rule():
     assert list(SCORERS) == [
         "normalized_exact",

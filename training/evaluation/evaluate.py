@@ -5,7 +5,7 @@ Answers come from batched greedy generation (left padding) with the prompt templ
 (``processor.apply_chat_template``; for MedVQA the one training used), asked in the ``--prompt`` mode of
 ``prompting``; models load through ``vlm_loading`` and report.json names them (``model``). Records with options also get
 OmniMedVQA's prefix-based choice (``mc_prefix_score``): the option whose tokens get the lowest mean loss after
-the question. Scoring and the report are ``training.evaluation.report``, shared with ``medvqa score``.
+the question, among the release's raw option strings when the record keeps them. Scoring and the report are ``training.evaluation.report``, shared with ``medvqa score``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from training.data.records import resolve_image
 from training.errors import MedVQAUserError
 from training.evaluation import prompting
 from training.evaluation.records_io import read_jsonl, read_jsonl_lines, write_jsonl
+from training.evaluation.scorers import mc_options
 from training.evaluation.vlm_loading import DTYPES, check_model_source, describe_model, load_vlm
 from training.output_dir import prepare_output_dir
 from training.prompts import user_messages  # noqa: F401  (tests build reference prompts from it)
@@ -182,7 +183,7 @@ def evaluate(
         if mc_prefix and with_options is not None:
             question = prompting.question_text(with_options, prompt)
             prefix = prompting.render(processor, question)
-            _option_completion(processor, prefix, question, str(with_options["options"][0]))
+            _option_completion(processor, prefix, question, mc_options(with_options)[0])
 
     model, processor = load_vlm(
         model_dir,
@@ -455,7 +456,9 @@ def option_losses(
     batch_size: int,
     prompt: str = "open",
 ) -> list[list[float] | None]:
-    """Mean token loss of each option after its question (``None`` for records without options).
+    """Mean token loss of each option after its question (``None`` for records without options). The options are
+    those ``mc_qa_score`` compares with (``scorers.mc_options``): the release's raw strings when the record keeps
+    them, so ``mc_prefix_choice`` indexes those.
 
     Each row is [prompt with image][option tokens][end of turn], right-padded so that positions are those of an
     unpadded sequence; the loss is the mean negative log-likelihood of the option's own tokens. Rows of
@@ -467,9 +470,12 @@ def option_losses(
 
     rows: list[tuple[int, str, str, str]] = []  # (record index, prompt, completion, suffix)
     for index, record in enumerate(records):
+        if not record.get("options"):
+            continue
         question = prompting.question_text(record, prompt)
         prefix = prompting.render(processor, question)
-        for option in record.get("options") or []:
+        # the options mc_qa_score compares with: the release's raw strings when kept, as OmniMedVQA ranks them
+        for option in mc_options(record):
             completion, suffix = _option_completion(processor, prefix, question, str(option))
             rows.append((index, prefix, completion, suffix))
 

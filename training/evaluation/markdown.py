@@ -158,8 +158,9 @@ def render_markdown(report: Mapping[str, Any], charts: Sequence[str] = ()) -> st
     inputs = report.get("mc_qa_inputs")
     if inputs and sum(inputs.values()):
         lines.append(
-            f"`mc_qa_score` ran on the release's raw option strings for {inputs['raw']} question(s) and on "
-            f"cleaned options for {inputs['cleaned']} (records without `options_raw`)."
+            f"`mc_qa_score` (and `mc_prefix_score`, where eval ranked the options) ran on the release's raw option "
+            f"strings for {inputs['raw']} question(s) and on cleaned options for {inputs['cleaned']} (records "
+            "without `options_raw`)."
         )
     lines += ["", *_baseline_lines(report)]
     if "image_blind" in report:

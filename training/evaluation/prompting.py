@@ -4,7 +4,8 @@ The prompt is always the user turn of ``training.prompts.user_messages`` (the im
 model's own processor and chat template, so there is no per-model prompt code. Two things vary:
 
 - the prompt mode: ``open`` asks the question as our model is asked it; ``mc`` asks OmniMedVQA's multiple-choice
-  question with the record's options (records without options are asked the open question);
+  question with the record's options, the release's raw strings when kept (records without options are asked the
+  open question);
 - an adapter, only for a family whose processor does not know how to prompt it (``ADAPTERS``; today: a Hub port
   that ships without a chat template).
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.errors import MedVQAUserError
+from training.evaluation.scorers import mc_options
 from training.prompts import user_messages
 
 PROMPT_MODES = ("open", "mc")
@@ -42,12 +44,16 @@ def mc_question(question: str, options: Sequence[str]) -> str:
 
 
 def question_text(record: Mapping[str, Any], mode: str) -> str:
-    """The text asked for ``record`` in prompt ``mode`` (``open`` or ``mc``)."""
+    """The text asked for ``record`` in prompt ``mode`` (``open`` or ``mc``).
+
+    ``mc`` lists the options that ``mc_qa_score`` compares the answer with (``scorers.mc_options``): the release's
+    raw option strings when the record keeps them, as OmniMedVQA's own prompt does, else the cleaned ones.
+    """
     if mode not in PROMPT_MODES:
         raise MedVQAUserError(
             "--prompt", f"unknown prompt mode {mode!r} (choose from {', '.join(PROMPT_MODES)})"
         )
-    options = [str(option) for option in record.get("options") or []]
+    options = mc_options(record) if record.get("options") else []
     if mode == "mc" and options:
         return mc_question(str(record["question"]), options)
     return str(record["question"])

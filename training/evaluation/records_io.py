@@ -27,8 +27,9 @@ def read_jsonl_lines(
     Raises:
         MedVQAUserError: missing/unreadable file, a line that is not UTF-8 or not a JSON object (line ends LF,
             CRLF or CR; see ``training.data.records.iter_jsonl_numbered``), a ``required`` field missing
-            or not a string, an ``answer_type`` other than yes_no/open, ``options`` not a list, an
-            ``mc_prefix_choice`` that is not an index of ``options``. The subject is
+            or not a string, an ``answer_type`` other than yes_no/open, ``options`` not a list,
+            ``options_raw`` not a list of strings, ``answer_raw`` not a string, an ``mc_prefix_choice`` that is not an
+            index of the options ranked (``scorers.mc_options``). The subject is
             ``file:line``.
     """
     path = Path(path)
@@ -62,8 +63,23 @@ def _check(record: dict[str, Any], where: str, required: Sequence[str]) -> None:
     options = record.get("options")
     if options is not None and not isinstance(options, list):
         raise MedVQAUserError(where, f'"options" must be a list, got {type(options).__name__}')
+    # the release's raw strings (data convert): mc_qa_score and the mc prompt read them in place of the options
+    raw = record.get("options_raw")
+    if raw is not None and not (isinstance(raw, list) and all(isinstance(o, str) for o in raw)):
+        raise MedVQAUserError(where, f'"options_raw" must be a list of strings, got {_describe(raw)}')
+    if record.get("answer_raw") is not None and not isinstance(record["answer_raw"], str):
+        raise MedVQAUserError(
+            where, f'"answer_raw" must be a string, got {type(record["answer_raw"]).__name__}'
+        )
     if options and record.get("mc_prefix_choice") is not None:
         try:
             prefix_choice(record)
         except ValueError as exc:
             raise MedVQAUserError(where, str(exc)) from None
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, list):
+        odd = next(o for o in value if not isinstance(o, str))
+        return f"a list holding a value of type {type(odd).__name__}"
+    return type(value).__name__

@@ -156,10 +156,16 @@ def mc_inputs(record: Record) -> tuple[list[str], str, str]:
     """(options, answer, which) that ``mc_qa_score`` scores: the release's raw option strings and raw answer
     (``options_raw`` / ``answer_raw``, kept by ``medvqa data convert``) when the record has them, as the
     official code does, else the record's cleaned ``options`` and ``answer``; ``which`` is "raw" or "cleaned"."""
+    if record.get("options_raw"):
+        return mc_options(record), str(record.get("answer_raw") or record["answer"]), "raw"
+    return mc_options(record), str(record["answer"]), "cleaned"
+
+
+def mc_options(record: Record) -> list[str]:
+    """The options a multiple-choice rule works on: the release's raw strings (``options_raw``) when the record
+    keeps them, else its cleaned ``options``. The mc prompt lists them and eval ranks them by loss."""
     raw = record.get("options_raw")
-    if raw:
-        return [str(o) for o in raw], str(record.get("answer_raw") or record["answer"]), "raw"
-    return _options(record), str(record["answer"]), "cleaned"
+    return [str(o) for o in raw] if raw else _options(record)
 
 
 def _options(record: Record) -> list[str]:
@@ -168,7 +174,8 @@ def _options(record: Record) -> list[str]:
 
 
 def prefix_choice(record: Record) -> int | None:
-    """The model's ``mc_prefix_choice`` (an index into ``options``), checked: ``None`` when absent.
+    """The model's ``mc_prefix_choice`` (an index into the options eval ranked: ``mc_options``), checked: ``None``
+    when absent.
 
     Raises:
         ValueError: not an integer, or outside ``0 .. len(options) - 1`` (-1 would silently pick the last).
@@ -176,7 +183,7 @@ def prefix_choice(record: Record) -> int | None:
     choice = record.get("mc_prefix_choice")
     if choice is None:
         return None
-    n = len(_options(record))
+    n = len(mc_options(record))
     if isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < n:
         raise ValueError(f"mc_prefix_choice must be an option index 0..{n - 1}, got {choice!r}")
     return choice
@@ -202,22 +209,23 @@ def _mc_qa_unscorable(record: Record) -> str | None:
 
 
 def _mc_prefix_score(record: Record) -> bool | None:
-    # eval stores the model's choice (index of the lowest mean-loss option) as "mc_prefix_choice"
-    options = _options(record)
+    # eval stores the model's choice (index of the lowest mean-loss option among mc_inputs' options, the raw
+    # strings when the record keeps them) as "mc_prefix_choice"
+    options, answer, _ = mc_inputs(record)
     choice = prefix_choice(record) if options else None
     if choice is None:
         return None
-    gold, _ = gold_indices(options, str(record["answer"]))
+    gold, _ = gold_indices(options, answer)
     if not gold:
         return None
     return options[choice] == options[gold[0]]
 
 
 def _mc_prefix_unscorable(record: Record) -> str | None:
-    options = _options(record)
+    options, answer, _ = mc_inputs(record)
     if record.get("mc_prefix_choice") is None or not options:
         return None
-    return gold_indices(options, str(record["answer"]))[1]
+    return gold_indices(options, answer)[1]
 
 
 def _text_rule(fn: Callable[[str, str], bool | None]) -> Callable[[Record], bool | None]:
@@ -298,8 +306,9 @@ SCORERS: dict[str, Scorer] = {
         Scorer(
             "mc_prefix_score",
             "OmniMedVQA prefix-based score: the option whose tokens get the lowest mean loss after the "
-            "question must be the ground-truth option (needs the model: eval only; records with options only; "
-            "ground-truth option found as for mc_qa_score, on the cleaned options the model ranked)",
+            "question must be the ground-truth option (needs the model: eval only; records with options only); "
+            "the model ranks the options mc_qa_score compares with, the release's raw strings when the record "
+            "keeps them, and the ground-truth option is found as for mc_qa_score",
             _mc_prefix_score,
             needs_model=True,
             unscorable=_mc_prefix_unscorable,
