@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -115,7 +116,7 @@ def text_base(root: Path, **kw: Any) -> Path:
     return d
 
 
-def vision_base(root: Path, config: str = '{"model_cfg": {}}') -> str:
+def vision_base(root: Path, config: str = '{"model_cfg": {"embed_dim": 8}}') -> str:
     d = root / "clip"
     d.mkdir(parents=True)
     (d / "open_clip_config.json").write_text(config, encoding="utf-8")
@@ -279,6 +280,27 @@ def _ask(tmp: Path, *extra: str, model: Path | None = None) -> list[str]:
     image = png(tmp / "scan.png")
     model = model if model is not None else model_folder(tmp)
     return ["ask", "--model", str(model), "--image", str(image), "--question", "What is shown?", *extra]
+
+
+def _init_vision(tmp: Path, config: str) -> list[str]:
+    return [
+        "init",
+        "--vision",
+        vision_base(tmp, config),
+        "--text",
+        str(text_base(tmp)),
+        "--out",
+        str(tmp / "o"),
+    ]
+
+
+def _recipe_with_vision(tmp: Path, config: str) -> Path:
+    """The tiny recipe with ``model.vision`` pointing at a folder holding ``config`` as its open_clip_config."""
+    recipe = yaml.safe_load(TINY_RECIPE.read_text())
+    recipe["model"]["vision"] = vision_base(tmp, config)
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
 
 
 def _plan(tmp: Path, *extra: str, recipe_path: Path | None = None) -> list[str]:
@@ -610,6 +632,25 @@ CASES: list[Case] = [
         ],
         "open_clip_config.json",
     ),  # fmt: skip
+    Case(
+        "init-open-clip-config-image-size-string",
+        lambda t: _init_vision(t, '{"model_cfg": {"embed_dim": 8, "vision_cfg": {"image_size": "big"}}}'),
+        "model_cfg.vision_cfg.image_size",
+    ),
+    Case(
+        "init-open-clip-config-image-size-10e12",
+        lambda t: _init_vision(
+            t, '{"model_cfg": {"embed_dim": 8, "vision_cfg": {"image_size": 1000000000000}}}'
+        ),
+        "at most 4096",
+    ),
+    Case(
+        "plan-open-clip-config-vision-cfg-list",
+        lambda t: _plan(
+            t, recipe_path=_recipe_with_vision(t, '{"model_cfg": {"embed_dim": 8, "vision_cfg": []}}')
+        ),
+        "model_cfg.vision_cfg",
+    ),
     # --- card: never overwrites a README it did not write; broken inputs named
     Case("card-user-readme", lambda t: _card(t, readme="# my notes\n"), "README.md", keep="model"),
     Case("card-readme-symlink", lambda t: _card(t, readme_link=True), "README.md", keep="target.md"),

@@ -19,7 +19,8 @@ from typing import Any
 
 from training.cli_types import any_int, random_seed
 from training.errors import MedVQAUserError
-from training.file_checks import check_model_folder, check_safetensors, read_json_object
+from training.file_checks import check_model_folder, check_safetensors
+from training.open_clip_config import check_model_cfg, read_open_clip_config
 from training.output_dir import prepare_output_dir
 
 IMAGE_TOKEN = "<|image|>"
@@ -58,15 +59,7 @@ def normalize_open_clip_id(vision: str) -> str:
         return vision
     folder = vision.removeprefix("local-dir:")
     if vision.startswith("local-dir:") or Path(folder).is_dir():
-        if not (Path(folder) / "open_clip_config.json").is_file():
-            raise MedVQAUserError(
-                vision, "no open_clip_config.json in that folder (an open_clip Hub-layout folder)"
-            )
-        config = read_json_object(Path(folder) / "open_clip_config.json", "open_clip_config.json")
-        if not isinstance(config.get("model_cfg"), dict):
-            raise MedVQAUserError(
-                Path(folder) / "open_clip_config.json", "has no model_cfg mapping (open_clip's)"
-            )
+        read_open_clip_config(folder)  # checked here: open_clip builds from it unchecked
         for weights in sorted(Path(folder).glob("*.safetensors")):  # open_clip prefers these over pickles
             check_safetensors(weights)
         return f"local-dir:{folder}"
@@ -80,8 +73,21 @@ def load_open_clip(vision: str):
     import open_clip
 
     vision = normalize_open_clip_id(vision)
-    model = open_clip.create_model(vision, pretrained=None)
+    # a Hub id's config is fetched (or read from the cache) here, and checked before open_clip builds from it
     model_cfg = open_clip.get_model_config(vision)
+    if model_cfg is None:
+        raise MedVQAUserError(vision, "open_clip found no model config for this id")
+    check_model_cfg(model_cfg, vision)
+    try:
+        model = open_clip.create_model(vision, pretrained=None)
+    except (RuntimeError, AssertionError) as exc:
+        # torch's load_state_dict, or open_clip's asserts while it resizes position embeddings on load: the
+        # weights do not have the shapes the config gives
+        if isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" not in str(exc):
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise MedVQAUserError(vision, f"the weights do not fit its open_clip config ({detail})") from None
     return model, model_cfg
 
 
@@ -238,6 +244,19 @@ def assemble_checkpoint(
     )
     config.base_models = {"vision": vision.removeprefix("hf-hub:"), "text": str(text)}
 
+    # The trunk's shapes against the tower its config describes (an image size that is not the weights' ...),
+    # on the meta device: refused before the LM's weights load, and without touching the projector's seed.
+    trunk_state = clip_model.visual.trunk.state_dict()
+    with torch.device("meta"):
+        probe = MedVQAVisionTower(config.vision_config, config.num_vision_blocks_used)
+    try:
+        copy_trunk_into_tower(trunk_state, probe)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise MedVQAUserError(
+            vision, f"the vision weights do not fit its open_clip config ({first})"
+        ) from None
+
     # Build the shell on the meta device and move the real modules in: no 8B random initialisation, no copy.
     with torch.device("meta"):
         model = MedVQAForConditionalGeneration(config)
@@ -246,7 +265,7 @@ def assemble_checkpoint(
     model.lm_head = language.lm_head
     torch.manual_seed(seed)
     tower = MedVQAVisionTower(config.vision_config, config.num_vision_blocks_used)
-    copy_trunk_into_tower(clip_model.visual.trunk.state_dict(), tower)
+    copy_trunk_into_tower(trunk_state, tower)
     model.model.vision_tower = tower.to(torch_dtype)
     projector = MedVQAMultiModalProjector(config)
     projector.apply(model._init_weights)

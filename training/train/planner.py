@@ -90,6 +90,7 @@ from typing import Any
 
 from training.cli_types import positive_float, positive_int
 from training.errors import MedVQAUserError
+from training.open_clip_config import read_open_clip_config
 from training.train.recipe import STAGES, Recipe, load_recipe
 
 GIB = 1024**3
@@ -236,10 +237,7 @@ def _open_clip_cfg(vision: str) -> dict[str, Any] | None:
             return json.loads((Path(tmp) / "open_clip_config.json").read_text())["model_cfg"]
     folder = vision.removeprefix("local-dir:")
     if vision.startswith("local-dir:") or Path(folder).is_dir():
-        path = Path(folder) / "open_clip_config.json"
-        if not path.is_file():
-            raise MedVQAUserError(vision, "no open_clip_config.json in that folder")
-        return json.loads(path.read_text())["model_cfg"]
+        return read_open_clip_config(folder)["model_cfg"]
     return None
 
 
