@@ -593,19 +593,7 @@ CASES: list[Case] = [
         ],
         "config.json",
     ),  # fmt: skip
-    Case(
-        "init-open-clip-config-no-model-cfg",
-        lambda t: [
-            "init",
-            "--vision",
-            vision_base(t, "{}"),
-            "--text",
-            str(text_base(t)),
-            "--out",
-            str(t / "o"),
-        ],
-        "model_cfg",
-    ),
+    Case("init-open-clip-config-no-model-cfg", lambda t: _init_vision(t, "{}"), "model_cfg"),
     Case(
         "init-open-clip-weights-pickle",
         lambda t: [
@@ -619,19 +607,7 @@ CASES: list[Case] = [
         ],
         "open_clip_model.safetensors",
     ),
-    Case(
-        "init-open-clip-config-deep",
-        lambda t: [
-            "init",
-            "--vision",
-            vision_base(t, DEEP_JSON),
-            "--text",
-            str(text_base(t)),
-            "--out",
-            str(t / "o"),
-        ],
-        "open_clip_config.json",
-    ),  # fmt: skip
+    Case("init-open-clip-config-deep", lambda t: _init_vision(t, DEEP_JSON), "open_clip_config.json"),
     Case(
         "init-open-clip-config-image-size-string",
         lambda t: _init_vision(t, '{"model_cfg": {"embed_dim": 8, "vision_cfg": {"image_size": "big"}}}'),

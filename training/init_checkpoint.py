@@ -73,11 +73,13 @@ def load_open_clip(vision: str):
     import open_clip
 
     vision = normalize_open_clip_id(vision)
-    # a Hub id's config is fetched (or read from the cache) here, and checked before open_clip builds from it
-    model_cfg = open_clip.get_model_config(vision)
+    model_cfg = open_clip.get_model_config(
+        vision
+    )  # a Hub id's config is fetched (or read from the cache) here
     if model_cfg is None:
         raise MedVQAUserError(vision, "open_clip found no model config for this id")
-    check_model_cfg(model_cfg, vision)
+    if vision.startswith("hf-hub:"):  # a local folder's was checked by normalize_open_clip_id
+        check_model_cfg(model_cfg, vision)
     try:
         model = open_clip.create_model(vision, pretrained=None)
     except (RuntimeError, AssertionError) as exc:
@@ -85,10 +87,17 @@ def load_open_clip(vision: str):
         # weights do not have the shapes the config gives
         if isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" not in str(exc):
             raise
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        detail = lines[1] if len(lines) > 1 else lines[0]
-        raise MedVQAUserError(vision, f"the weights do not fit its open_clip config ({detail})") from None
+        raise MedVQAUserError(
+            vision, f"the weights do not fit its open_clip config ({_first_cause(exc)})"
+        ) from None
     return model, model_cfg
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The first specific line of a weight-loading error: torch's ``load_state_dict`` puts a header line
+    ("Error(s) in loading state_dict for X:") before the mismatches; open_clip's asserts are one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    return lines[1] if len(lines) > 1 else lines[0]
 
 
 def vision_config_from_open_clip(clip_model, model_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -252,9 +261,8 @@ def assemble_checkpoint(
     try:
         copy_trunk_into_tower(trunk_state, probe)
     except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
         raise MedVQAUserError(
-            vision, f"the vision weights do not fit its open_clip config ({first})"
+            vision, f"the vision weights do not fit its open_clip config ({_first_cause(exc)})"
         ) from None
 
     # Build the shell on the meta device and move the real modules in: no 8B random initialisation, no copy.

@@ -12,7 +12,6 @@ numbers each. Every refusal names the file and the key.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import types
 import typing
@@ -66,22 +65,15 @@ def check_model_cfg(model_cfg: dict[str, Any], path: str | Path) -> None:
     """Check ``model_cfg`` against open_clip's ``CLIP`` arguments and tower dataclasses (see the module doc)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    top = {
-        name: hint
-        for name, hint in typing.get_type_hints(CLIP.__init__).items()
-        if name not in ("return", "vision_cfg", "text_cfg")
-    }
-    top.update(_FACTORY_KEYS)
-    accepted = set(inspect.signature(CLIP.__init__).parameters) - {"self"} | set(_FACTORY_KEYS)
+    hints = typing.get_type_hints(CLIP.__init__)  # every argument of CLIP is annotated
+    hints.pop("return", None)
+    hints["cast_dtype"] = str | None  # a torch dtype in Python, its name in JSON
+    hints.update(_FACTORY_KEYS)
     for key, value in model_cfg.items():
-        if key not in accepted:
+        if key not in hints:
             raise MedVQAUserError(path, f"model_cfg.{key} is not a key of open_clip's CLIP model config")
-        if key in ("vision_cfg", "text_cfg"):
-            continue
-        if key == "cast_dtype":  # a dtype name (str) or null
-            _check_value(value, str | None, f"model_cfg.{key}", path)
-        elif key in top:
-            _check_value(value, top[key], f"model_cfg.{key}", path)
+        if key not in ("vision_cfg", "text_cfg"):  # the towers are checked field by field below
+            _check_value(value, hints[key], f"model_cfg.{key}", path)
     if "embed_dim" not in model_cfg:
         raise MedVQAUserError(path, "model_cfg has no embed_dim")
     towers = 0.0
@@ -139,12 +131,13 @@ def _check_value(value: Any, hint: Any, where: str, path: str | Path) -> None:
     if not _matches(value, hint):
         raise MedVQAUserError(path, f"{where} must be {_describe(hint)}, got {value!r:.60}")
     name = where.rsplit(".", 1)[-1]
-    if name in _SIZES and value is not None:
-        for size in value if isinstance(value, list) else [value]:
-            if size < 1:
-                raise MedVQAUserError(path, f"{where} must be at least 1, got {value!r}")
-        if name == "image_size" and max(value if isinstance(value, list) else [value]) > MAX_IMAGE_SIZE:
-            raise MedVQAUserError(path, f"{where} must be at most {MAX_IMAGE_SIZE} pixels, got {value!r:.60}")
+    if name not in _SIZES or value is None:
+        return
+    sizes = value if isinstance(value, list) else [value]
+    if min(sizes) < 1:
+        raise MedVQAUserError(path, f"{where} must be at least 1, got {value!r}")
+    if name == "image_size" and max(sizes) > MAX_IMAGE_SIZE:
+        raise MedVQAUserError(path, f"{where} must be at most {MAX_IMAGE_SIZE} pixels, got {value!r:.60}")
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -5,7 +5,8 @@ Answers come from batched greedy generation (left padding) with the prompt templ
 (``processor.apply_chat_template``; for MedVQA the one training used), asked in the ``--prompt`` mode of
 ``prompting``; models load through ``vlm_loading`` and report.json names them (``model``). Records with options also get
 OmniMedVQA's prefix-based choice (``mc_prefix_score``): the option whose tokens get the lowest mean loss after
-the question, among the release's raw option strings when the record keeps them. Scoring and the report are ``training.evaluation.report``, shared with ``medvqa score``.
+the question, among the release's raw option strings when the record keeps them. Scoring and the report are
+``training.evaluation.report``, shared with ``medvqa score``.
 """
 
 from __future__ import annotations
@@ -476,7 +477,7 @@ def option_losses(
         prefix = prompting.render(processor, question)
         # the options mc_qa_score compares with: the release's raw strings when kept, as OmniMedVQA ranks them
         for option in mc_options(record):
-            completion, suffix = _option_completion(processor, prefix, question, str(option))
+            completion, suffix = _option_completion(processor, prefix, question, option)
             rows.append((index, prefix, completion, suffix))
 
     losses: list[list[float] | None] = [None] * len(records)
